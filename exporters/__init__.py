@@ -1,0 +1,1 @@
+"""Exporters: where converted metrics go."""

@@ -1,0 +1,3 @@
+"""otel-kepler: per-node energy agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""The data one tick carries through a pipeline.
+
+Receivers return a :class:`Contribution` for the tick. The graph merges the
+contributions of a pipeline's receivers into one :class:`Batch`; processors
+read and extend that batch (attribution fills ``node_zones`` and
+``workloads``); at the end :mod:`otel_kepler.convert` turns the batch into
+OpenTelemetry metric data, the one place where that conversion happens.
+
+Energies inside a batch are joules of *this interval* unless a field says
+``total``: cumulative totals are kept by the stateful processors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Component = Literal["cpu", "platform", "gpu"]
+Level = Literal["node", "process", "container", "pod"]
+
+RUNNING = "running"
+TERMINATED = "terminated"
+
+
+@dataclass(slots=True)
+class EnergyReading:
+    """Energy a meter (or model) saw on one zone during one tick.
+
+    ``joules`` is already corrected for counter wrap and summed over sockets.
+    """
+
+    component: Component  # which metric family: kepler.node.<component>.*
+    zone: str  # package, core, uncore, dram, psys, platform, ...
+    source: str  # rapl, hwmon, acpi, ipmi, nvml, model, ...
+    joules: float
+    attributes: dict[str, str] | None = None  # extra labels, e.g. the model name
+
+
+@dataclass(slots=True)
+class Workload:
+    """Where a process runs: its container and pod as far as the cgroup tells.
+
+    Shared by all processes of one container; processors such as
+    ``k8sattributes`` fill in the names later.
+    """
+
+    container_id: str = ""
+    runtime: str = ""  # docker, containerd, cri-o, podman
+    pod_id: str = ""
+    container_name: str = ""
+    pod_name: str = ""
+    pod_namespace: str = ""
+
+
+NO_WORKLOAD = Workload()
+
+
+@dataclass(slots=True)
+class ProcessSample:
+    """One process as a usage receiver (procfs, ebpf) saw it this tick."""
+
+    pid: int
+    start_ticks: int  # start time since boot in clock ticks: tells a reused pid apart
+    comm: str
+    exe: str
+    workload: Workload
+    cpu_seconds: float  # cumulative user+system CPU time
+    cpu_delta: float  # CPU seconds used during this interval
+
+
+@dataclass(slots=True)
+class Contribution:
+    """What one receiver returns for one tick. Fields it does not fill stay empty."""
+
+    energy: list[EnergyReading] = field(default_factory=list)
+    cpu_usage_ratio: float | None = None
+    processes: dict[int, ProcessSample] | None = None
+    exited: list[ProcessSample] = field(default_factory=list)
+    gauges: list[GaugeValue] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GaugeValue:
+    """A free-standing gauge a receiver reports as is (temperatures, fan speeds...)."""
+
+    name: str
+    unit: str
+    description: str
+    value: float
+    attributes: dict[str, str]
+
+
+@dataclass(slots=True)
+class ZoneEnergy:
+    """Node energy of one zone after attribution: totals since the agent started."""
+
+    component: Component
+    zone: str
+    source: str
+    attributes: dict[str, str] | None
+    interval_joules: float
+    watts: float
+    total_joules: float
+    active_total_joules: float
+    idle_total_joules: float
+
+
+@dataclass(slots=True)
+class WorkloadEnergy:
+    """Energy of one process, container or pod, cumulative per zone."""
+
+    level: Level
+    attributes: dict[str, str]  # identity labels, without zone and state
+    joules: dict[str, float]  # zone -> total joules since first seen
+    watts: dict[str, float]  # zone -> watts over the last interval
+    state: str = RUNNING
+    cpu_seconds: float = 0.0  # processes only: cumulative CPU time
+    start_time_ns: int = 0  # when the agent first saw it: start of its cumulative sums
+    workload: Workload = NO_WORKLOAD
+
+
+@dataclass(slots=True)
+class Batch:
+    """One tick of one pipeline."""
+
+    timestamp_ns: int  # wall clock at the end of the interval
+    interval_s: float  # seconds since the previous tick (monotonic)
+    node_name: str
+    energy: list[EnergyReading] = field(default_factory=list)
+    cpu_usage_ratio: float | None = None
+    processes: dict[int, ProcessSample] = field(default_factory=dict)
+    exited: list[ProcessSample] = field(default_factory=list)
+    gauges: list[GaugeValue] = field(default_factory=list)
+    # Filled by the attribution processor:
+    node_zones: list[ZoneEnergy] = field(default_factory=list)
+    workloads: list[WorkloadEnergy] = field(default_factory=list)
+    has_usage: bool = False  # some receiver reported processes this tick
+
+    def add(self, part: Contribution) -> None:
+        self.energy.extend(part.energy)
+        if part.cpu_usage_ratio is not None:
+            self.cpu_usage_ratio = part.cpu_usage_ratio
+        if part.processes is not None:
+            self.has_usage = True
+            self.processes.update(part.processes)
+        self.exited.extend(part.exited)
+        self.gauges.extend(part.gauges)

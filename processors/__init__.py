@@ -1,0 +1,1 @@
+"""Processors: transforms over a tick batch."""

@@ -1,0 +1,1 @@
+"""Receivers: the sources of energy and usage data."""

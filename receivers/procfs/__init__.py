@@ -1,0 +1,1 @@
+"""procfs receiver: per-process CPU time and container ids from /proc."""
