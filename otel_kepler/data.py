@@ -36,12 +36,13 @@ class EnergyReading:
     attributes: dict[str, str] | None = None  # extra labels, e.g. the model name
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Workload:
     """Where a process runs: its container and pod as far as the cgroup tells.
 
-    Shared by all processes of one container; processors such as
-    ``k8sattributes`` fill in the names later.
+    Shared (one object) by all processes of one container. Immutable: a
+    processor such as ``k8sattributes`` that learns names makes a new one
+    with ``dataclasses.replace``.
     """
 
     container_id: str = ""
