@@ -1,0 +1,57 @@
+"""Node CPU usage from /proc/stat, the ratio Kepler splits active and idle energy with.
+
+ratio = (total - idle - iowait) / total over the deltas of the aggregate ``cpu``
+line between two reads. guest and guest_nice are already counted in user and
+nice, so they are left out of the total.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class StatError(Exception):
+    """/proc/stat is missing or not in the expected format."""
+
+
+def read_cpu_times(path: str) -> tuple[int, int]:
+    """Return (busy, total) jiffies of the aggregate ``cpu`` line of ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.read(fd, 512)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise StatError(f"cannot read {path}: {err.strerror}") from None
+    line = head.split(b"\n", 1)[0]
+    fields = line.split()
+    if len(fields) < 5 or fields[0] != b"cpu":
+        raise StatError(f"{path}: first line is not the aggregate 'cpu' line: {line[:80]!r}")
+    try:
+        values = [int(v) for v in fields[1:9]]
+    except ValueError:
+        raise StatError(f"{path}: non-numeric field in {line[:80]!r}") from None
+    total = sum(values)
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return total - idle, total
+
+
+class UsageRatio:
+    """Tracks /proc/stat between calls; ``update()`` gives the ratio of the last interval."""
+
+    def __init__(self, procfs: str) -> None:
+        self.path = os.path.join(procfs, "stat")
+        self._prev: tuple[int, int] | None = None
+
+    def update(self) -> float | None:
+        """The busy ratio since the previous call, in [0, 1]; None on the first call."""
+        busy, total = read_cpu_times(self.path)
+        prev, self._prev = self._prev, (busy, total)
+        if prev is None:
+            return None
+        d_total = total - prev[1]
+        if d_total <= 0:
+            return 0.0
+        d_busy = busy - prev[0]
+        return min(max(d_busy / d_total, 0.0), 1.0)
