@@ -8,6 +8,7 @@ used every tick, and shut down once.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class Factory(Generic[C, T]):
 
     type: str
     description: str
-    config_class: type[C]
+    config_class: builtins.type[C]
     create: Callable[[str, C, HostSettings], T]
     doctor: Callable[[HostSettings], Availability] | None = None
 

@@ -73,8 +73,10 @@ def decode(cls: type[T], raw: Any, path: str) -> T:
             raise ConfigError(join(path, str(key)), f"unknown key (known keys: {known})")
         values[key] = _decode_value(hints[key], value, join(path, key))
     for name, f in fields.items():
-        if name not in values and f.default is dataclasses.MISSING and (
-            f.default_factory is dataclasses.MISSING
+        if (
+            name not in values
+            and f.default is dataclasses.MISSING
+            and (f.default_factory is dataclasses.MISSING)
         ):
             raise ConfigError(join(path, name), "is required")
     obj = cls(**values)

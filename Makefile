@@ -1,0 +1,38 @@
+# otel-kepler: `make run` starts the agent on this machine, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/local.yaml
+
+.PHONY: run test test-deps lint typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/otel-kepler run --config $(CONFIG)
+
+# System packages and peer binaries the tests start (needs root; quick when present).
+test-deps:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/install-test-deps.sh; \
+	else echo "not root: skipping system test dependencies (tests that need them will skip)"; fi
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy otel_kepler
+
+test: $(VENV)/.installed test-deps lint typecheck
+	$(VENV)/bin/pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

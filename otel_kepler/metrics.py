@@ -1,0 +1,118 @@
+"""The metric contract: every metric the agent emits, in one table.
+
+OTLP names use dots and a unit; :func:`prometheus_name` applies the standard
+OTLP-to-Prometheus translation (dots to underscores, the unit's word appended
+when the name does not already end with it, ``_total`` on monotonic sums), so
+the pull exporter and a backend such as VictoriaMetrics with
+``-opentelemetry.usePrometheusNaming`` both give Kepler's names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["sum", "gauge"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDesc:
+    name: str
+    unit: str
+    kind: Kind
+    description: str
+
+    @property
+    def prometheus_name(self) -> str:
+        return prometheus_name(self.name, self.unit, self.kind == "sum")
+
+
+# Prometheus unit words for UCUM units, as the OpenTelemetry translation spells them.
+_UNIT_WORDS = {
+    "J": "joules",
+    "W": "watts",
+    "s": "seconds",
+    "g": "grams",
+    "By": "bytes",
+    "Cel": "celsius",
+    "V": "volts",
+    "A": "amperes",
+    "Hz": "hertz",
+    "{rpm}": "",
+}
+
+
+def prometheus_name(name: str, unit: str, monotonic: bool) -> str:
+    """``kepler.node.cpu.joules`` (J, monotonic) -> ``kepler_node_cpu_joules_total``."""
+    base = name.replace(".", "_").replace("-", "_")
+    word = "ratio" if unit == "1" and not monotonic else _UNIT_WORDS.get(unit, "")
+    if word and not base.endswith("_" + word):
+        base = f"{base}_{word}"
+    if monotonic and not base.endswith("_total"):
+        base += "_total"
+    return base
+
+
+def _sum(name: str, unit: str, description: str) -> MetricDesc:
+    return MetricDesc(name, unit, "sum", description)
+
+
+def _gauge(name: str, unit: str, description: str) -> MetricDesc:
+    return MetricDesc(name, unit, "gauge", description)
+
+
+NODE_JOULES = {
+    "cpu": _sum("kepler.node.cpu.joules", "J", "Energy of the node's CPU zones"),
+    "platform": _sum("kepler.node.platform.joules", "J", "Energy of the whole platform"),
+    "gpu": _sum("kepler.node.gpu.joules", "J", "Energy of the node's GPUs"),
+}
+NODE_WATTS = {
+    "cpu": _gauge("kepler.node.cpu.watts", "W", "Power of the node's CPU zones"),
+    "platform": _gauge("kepler.node.platform.watts", "W", "Power of the whole platform"),
+    "gpu": _gauge("kepler.node.gpu.watts", "W", "Power of the node's GPUs"),
+}
+NODE_CPU_ACTIVE = _sum(
+    "kepler.node.cpu.active.joules", "J", "CPU energy attributed to running work"
+)
+NODE_CPU_IDLE = _sum("kepler.node.cpu.idle.joules", "J", "CPU energy not attributed to work")
+NODE_CPU_USAGE = _gauge("kepler.node.cpu.usage.ratio", "1", "Busy share of the node's CPU time")
+
+WORKLOAD_JOULES = {
+    level: _sum(f"kepler.{level}.cpu.joules", "J", f"CPU energy attributed to the {level}")
+    for level in ("process", "container", "pod")
+}
+WORKLOAD_WATTS = {
+    level: _gauge(f"kepler.{level}.cpu.watts", "W", f"CPU power attributed to the {level}")
+    for level in ("process", "container", "pod")
+}
+PROCESS_CPU_SECONDS = _sum("kepler.process.cpu.seconds", "s", "CPU time of the process")
+
+AGENT_TICK_DURATION = _gauge("otel_kepler.agent.tick.duration", "s", "Wall time the last tick took")
+AGENT_CPU_SECONDS = _sum("otel_kepler.agent.cpu.seconds", "s", "CPU time used by the agent")
+AGENT_RSS = _gauge("otel_kepler.agent.memory.rss", "By", "Resident memory of the agent")
+AGENT_DROPPED = _sum(
+    "otel_kepler.agent.exporter.dropped.batches", "1", "Batches an exporter queue dropped"
+)
+AGENT_EXPORT_FAILURES = _sum(
+    "otel_kepler.agent.exporter.failed.batches", "1", "Batches an exporter failed to send"
+)
+AGENT_RECEIVER_ERRORS = _sum(
+    "otel_kepler.agent.receiver.errors", "1", "Ticks on which a receiver failed to collect"
+)
+
+ALL: tuple[MetricDesc, ...] = (
+    *NODE_JOULES.values(),
+    *NODE_WATTS.values(),
+    NODE_CPU_ACTIVE,
+    NODE_CPU_IDLE,
+    NODE_CPU_USAGE,
+    *WORKLOAD_JOULES.values(),
+    *WORKLOAD_WATTS.values(),
+    PROCESS_CPU_SECONDS,
+    AGENT_TICK_DURATION,
+    AGENT_CPU_SECONDS,
+    AGENT_RSS,
+    AGENT_DROPPED,
+    AGENT_EXPORT_FAILURES,
+    AGENT_RECEIVER_ERRORS,
+)

@@ -1,0 +1,290 @@
+"""The ``attribution`` processor: split node energy over processes, containers and pods.
+
+Kepler's rule, per tick and per CPU zone:
+
+* active = dE x node CPU usage ratio, idle = dE - active (idle stays with the node);
+* a process gets active x (its CPU-time delta / the sum of all CPU-time deltas);
+* a container is the sum of its processes, a pod the sum of its containers.
+
+Invariant: per tick and zone, the processes' active joules plus idle equal the
+node's measured joules. When no process used CPU time in the interval (or no
+usage ratio is known yet) there is nobody to give active energy to, so the whole
+interval counts as idle.
+
+Totals are monotonic joules accumulated here, never a raw counter. A workload
+that ended is emitted once with ``state=terminated`` (the top ``max_terminated``
+by energy) and then forgotten; the pull exporter keeps such points until one
+scrape has carried them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from otel_kepler.component import Factory, HostSettings, Processor
+from otel_kepler.data import (
+    NO_WORKLOAD,
+    RUNNING,
+    TERMINATED,
+    Batch,
+    EnergyReading,
+    ProcessSample,
+    Workload,
+    WorkloadEnergy,
+    ZoneEnergy,
+)
+
+LevelName = Literal["node", "process", "container", "pod"]
+DEFAULT_LEVELS: list[LevelName] = ["node", "container", "pod"]
+
+
+@dataclass
+class AttributionConfig:
+    """Which levels are emitted and how many ended workloads are reported."""
+
+    levels: list[LevelName] = field(
+        default_factory=lambda: list(DEFAULT_LEVELS),
+        metadata={"doc": "levels to emit; process level is off by default (cardinality)"},
+    )
+    max_terminated: int = field(
+        default=500,
+        metadata={"doc": "ended workloads reported per level and tick, the largest by energy"},
+    )
+
+    def validate(self) -> None:
+        if self.max_terminated < 0:
+            raise ValueError("max_terminated: must be 0 or more")
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError("levels: a level is listed twice")
+
+
+@dataclass(slots=True)
+class _ProcessState:
+    start_ticks: int
+    energy: WorkloadEnergy
+    seen: int  # the tick that last reported it
+
+
+class AttributionProcessor(Processor):
+    def __init__(self, config: AttributionConfig, node_name: str = "") -> None:
+        self.levels = frozenset(config.levels)
+        self.max_terminated = config.max_terminated
+        self.node_name = node_name
+        self._zones: dict[tuple[str, str, str], ZoneEnergy] = {}
+        self._processes: dict[int, _ProcessState] = {}
+        self._containers: dict[str, WorkloadEnergy] = {}
+        self._pods: dict[str, WorkloadEnergy] = {}
+        self._tick = 0
+
+    # -- per tick ---------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> None:
+        now_ns = batch.timestamp_ns
+        interval = batch.interval_s
+        zones = self._node_zones(batch.energy, interval)
+        total_delta = sum(p.cpu_delta for p in batch.processes.values())
+        total_delta += sum(p.cpu_delta for p in batch.exited)
+        ratio = batch.cpu_usage_ratio
+        attributable = ratio is not None and total_delta > 0.0
+        active_by_zone: dict[str, float] = {}
+        for zone in zones:
+            if zone.component != "cpu":
+                continue  # platform and gpu energy is not split by CPU time
+            active = zone.interval_joules * ratio if attributable and ratio else 0.0
+            zone.active_total_joules += active
+            zone.idle_total_joules += zone.interval_joules - active
+            active_by_zone[zone.zone] = active_by_zone.get(zone.zone, 0.0) + active
+        if batch.has_usage or self._processes:
+            self._attribute(batch, active_by_zone, total_delta if attributable else 0.0, now_ns)
+        if "node" in self.levels:
+            batch.node_zones.extend(zones)
+
+    def _node_zones(self, readings: list[EnergyReading], interval: float) -> list[ZoneEnergy]:
+        """Fold this tick's readings into the node totals; returns the zones seen this tick."""
+        seen: dict[tuple[str, str, str], ZoneEnergy] = {}
+        for r in readings:
+            key = (r.component, r.zone, r.source)
+            state = self._zones.get(key)
+            if state is None:
+                state = ZoneEnergy(r.component, r.zone, r.source, r.attributes, 0, 0, 0, 0, 0)
+                self._zones[key] = state
+            if key not in seen:
+                state.interval_joules = 0.0
+                seen[key] = state
+            state.interval_joules += r.joules
+            state.total_joules += r.joules
+        for state in seen.values():
+            state.watts = state.interval_joules / interval if interval > 0 else 0.0
+        return list(seen.values())
+
+    def _attribute(
+        self, batch: Batch, active: dict[str, float], total_delta: float, now_ns: int
+    ) -> None:
+        interval = batch.interval_s
+        inv_interval = 1.0 / interval if interval > 0 else 0.0
+        scale = {z: (a / total_delta if total_delta > 0 else 0.0) for z, a in active.items()}
+        for table in (self._containers, self._pods):
+            for w in table.values():
+                w.state = TERMINATED  # until a live process says otherwise
+                _zero(w.watts)
+        self._tick += 1
+        want_process = "process" in self.levels
+        out = batch.workloads
+        terminated: list[WorkloadEnergy] = []
+        for sample in batch.processes.values():
+            energy = self._account(sample, scale, inv_interval, now_ns, terminated)
+            if sample.workload is not NO_WORKLOAD:
+                self._mark_running(sample.workload, now_ns)
+            if want_process:
+                out.append(energy)
+        for sample in batch.exited:  # their last interval still counts (eBPF exit hooks)
+            current = self._processes.get(sample.pid)
+            if current is not None and current.start_ticks != sample.start_ticks:
+                continue  # pid already reused this tick: the old process was closed above
+            energy = self._account(sample, scale, inv_interval, now_ns, terminated)
+            self._processes.pop(sample.pid, None)
+            energy.state = TERMINATED
+            terminated.append(energy)
+        if batch.has_usage:
+            self._sweep_unseen(terminated)
+        if want_process:
+            out.extend(self._largest(terminated))
+        self._emit_level("container", self._containers, out)
+        self._emit_level("pod", self._pods, out)
+
+    def _account(
+        self,
+        sample: ProcessSample,
+        scale: dict[str, float],
+        inv_interval: float,
+        now_ns: int,
+        terminated: list[WorkloadEnergy],
+    ) -> WorkloadEnergy:
+        """Give one process its share of this tick's active energy, zone by zone."""
+        state = self._processes.get(sample.pid)
+        if state is None or state.start_ticks != sample.start_ticks:
+            if state is not None:  # the pid was reused: the old process ended
+                state.energy.state = TERMINATED
+                _zero(state.energy.watts)
+                terminated.append(state.energy)
+            state = _ProcessState(sample.start_ticks, self._new_process(sample, now_ns), 0)
+            self._processes[sample.pid] = state
+        state.seen = self._tick
+        energy = state.energy
+        energy.cpu_seconds = sample.cpu_seconds
+        delta = sample.cpu_delta
+        in_workload = sample.workload is not NO_WORKLOAD
+        for zone, per_second in scale.items():
+            joules = per_second * delta
+            energy.joules[zone] = energy.joules.get(zone, 0.0) + joules
+            energy.watts[zone] = joules * inv_interval
+            if in_workload:
+                self._add_to_workload(sample.workload, zone, joules, inv_interval, now_ns)
+        return energy
+
+    def _sweep_unseen(self, terminated: list[WorkloadEnergy]) -> None:
+        """Processes a usage receiver stopped reporting without an exit record have ended."""
+        if len(self._processes) == 0:
+            return
+        tick = self._tick
+        gone = [pid for pid, st in self._processes.items() if st.seen != tick]
+        for pid in gone:
+            energy = self._processes.pop(pid).energy
+            energy.state = TERMINATED
+            _zero(energy.watts)
+            terminated.append(energy)
+
+    # -- workloads --------------------------------------------------------------------
+
+    def _new_process(self, sample: ProcessSample, now_ns: int) -> WorkloadEnergy:
+        attrs = {
+            "pid": str(sample.pid),
+            "comm": sample.comm,
+            "exe": sample.exe,
+            "container_id": sample.workload.container_id,
+        }
+        if self.node_name:
+            attrs["node_name"] = self.node_name
+        return WorkloadEnergy("process", attrs, {}, {}, RUNNING, 0.0, now_ns, sample.workload)
+
+    def _container(self, w: Workload, now_ns: int) -> WorkloadEnergy | None:
+        if not w.container_id:
+            return None
+        c = self._containers.get(w.container_id)
+        if c is None or c.workload is not w:
+            attrs = {
+                "container_id": w.container_id,
+                "container_name": w.container_name,
+                "runtime": w.runtime,
+                "pod_id": w.pod_id,
+            }
+            if self.node_name:
+                attrs["node_name"] = self.node_name
+            if c is None:
+                c = WorkloadEnergy("container", attrs, {}, {}, RUNNING, 0.0, now_ns, w)
+                self._containers[w.container_id] = c
+            else:  # names learned later (k8sattributes): same series identity by id
+                c.attributes, c.workload = attrs, w
+        return c
+
+    def _pod(self, w: Workload, now_ns: int) -> WorkloadEnergy | None:
+        if not w.pod_id:
+            return None
+        p = self._pods.get(w.pod_id)
+        if p is None or p.workload is not w:
+            attrs = {"pod_id": w.pod_id, "pod_name": w.pod_name, "pod_namespace": w.pod_namespace}
+            if self.node_name:
+                attrs["node_name"] = self.node_name
+            if p is None:
+                p = WorkloadEnergy("pod", attrs, {}, {}, RUNNING, 0.0, now_ns, w)
+                self._pods[w.pod_id] = p
+            else:
+                p.attributes, p.workload = attrs, w
+        return p
+
+    def _add_to_workload(
+        self, w: Workload, zone: str, joules: float, inv_interval: float, now_ns: int
+    ) -> None:
+        for target in (self._container(w, now_ns), self._pod(w, now_ns)):
+            if target is not None:
+                target.joules[zone] = target.joules.get(zone, 0.0) + joules
+                target.watts[zone] = target.watts.get(zone, 0.0) + joules * inv_interval
+
+    def _mark_running(self, w: Workload, now_ns: int) -> None:
+        for target in (self._container(w, now_ns), self._pod(w, now_ns)):
+            if target is not None:
+                target.state = RUNNING
+
+    def _emit_level(
+        self, level: LevelName, table: dict[str, WorkloadEnergy], out: list[WorkloadEnergy]
+    ) -> None:
+        ended = [key for key, w in table.items() if w.state == TERMINATED]
+        terminated = [table.pop(key) for key in ended]
+        if level not in self.levels:
+            return
+        out.extend(w for w in table.values())
+        out.extend(self._largest(terminated))
+
+    def _largest(self, ended: list[WorkloadEnergy]) -> list[WorkloadEnergy]:
+        if len(ended) <= self.max_terminated:
+            return ended
+        ended.sort(key=lambda w: sum(w.joules.values()), reverse=True)
+        return ended[: self.max_terminated]
+
+
+def _zero(values: dict[str, float]) -> None:
+    for key in values:
+        values[key] = 0.0
+
+
+def _create(name: str, config: AttributionConfig, host: HostSettings) -> AttributionProcessor:
+    return AttributionProcessor(config, node_name=host.node_name)
+
+
+factory = Factory(
+    type="attribution",
+    description="Splits node energy over processes, containers and pods by CPU time",
+    config_class=AttributionConfig,
+    create=_create,
+)
