@@ -34,6 +34,7 @@ from otel_kepler.data import (
     WorkloadEnergy,
     ZoneEnergy,
 )
+from otel_kepler.schema import ConfigError
 
 LevelName = Literal["node", "process", "container", "pod"]
 DEFAULT_LEVELS: list[LevelName] = ["node", "container", "pod"]
@@ -54,9 +55,9 @@ class AttributionConfig:
 
     def validate(self) -> None:
         if self.max_terminated < 0:
-            raise ValueError("max_terminated: must be 0 or more")
+            raise ConfigError("max_terminated", "must be 0 or more")
         if len(set(self.levels)) != len(self.levels):
-            raise ValueError("levels: a level is listed twice")
+            raise ConfigError("levels", "a level is listed twice")
 
 
 @dataclass(slots=True)
