@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.peers"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -63,7 +63,13 @@ class FixtureZone:
         return int(self.units * self.unit_uj)
 
     def write(self) -> None:
-        (self.path / "energy_uj").write_text(f"{self.energy_uj}\n")
+        """Replace energy_uj atomically: a reader never sees a half-written file, as in sysfs."""
+        target = self.path / "energy_uj"
+        scratch = self.path / ".energy_uj.new"
+        scratch.write_text(f"{self.energy_uj}\n")
+        if target.exists():
+            os.chmod(scratch, target.stat().st_mode & 0o7777)
+        os.replace(scratch, target)
 
 
 class RaplTree:

@@ -1,0 +1,318 @@
+"""The agent as a user runs it: a real process, real peers, a fixture RAPL tree at known power.
+
+The agent (``otel-kepler run``) reads a RAPL fixture tree that a thread advances at
+a known power, and this machine's real /proc with CPU burners in a kubepods-like
+cgroup; it pushes OTLP/HTTP into VictoriaMetrics and OTLP/gRPC into a grpcio sink,
+and Prometheus scrapes its pull endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cgroups import cgroup_mount, remove_cgroups
+from tests.conftest import need_root
+from tests.peers import OtlpGrpcSink, OtlpHttpSink, Prometheus, VictoriaMetrics, free_port
+from tests.sysfs_fixtures import RaplTree
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_WATTS = 40.0
+DRAM_WATTS = 4.0
+BURN = "import time\nwhile True:\n    pass\n"
+HALF_BURN = (
+    "import time\n"
+    "while True:\n"
+    "    t = time.monotonic()\n"
+    "    while time.monotonic() - t < 0.02: pass\n"
+    "    time.sleep(0.06)\n"
+)
+
+
+class PoweredTree:
+    """A RAPL fixture tree whose counters a thread advances at a fixed power."""
+
+    def __init__(self, sysfs: Path) -> None:
+        self.tree = RaplTree(sysfs)
+        self.tree.add_socket(dram=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.01):
+            now = time.monotonic()
+            self.tree.advance_all({"package": PACKAGE_WATTS, "dram": DRAM_WATTS}, now - last)
+            last = now
+
+    def __enter__(self) -> PoweredTree:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Agent:
+    """``otel-kepler run`` in a subprocess."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Agent:
+        cmd = [sys.executable, "-m", "otel_kepler.cli", "run", "--config", str(self.config)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[float, int, str, str]:
+        """Signal it; return (seconds to exit, exit code, stdout, stderr)."""
+        assert self.proc is not None
+        began = time.monotonic()
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=30)
+        return time.monotonic() - began, self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def burners() -> Iterator[dict[str, object]]:
+    """A full-core burner in a kubepods-like cgroup v2 directory, and a 25% burner outside."""
+    need_root()
+    mount = cgroup_mount("cgroup2", "")
+    assert mount is not None, "no cgroup v2 hierarchy mounted"
+    pod = str(uuid.uuid4())
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    top = mount / f"otel-kepler-e2e-{os.getpid()}"
+    ctr_dir = (
+        top
+        / "kubepods.slice/kubepods-besteffort.slice"
+        / f"kubepods-besteffort-pod{pod.replace('-', '_')}.slice"
+        / f"cri-containerd-{container}.scope"
+    )
+    ctr_dir.mkdir(parents=True)
+    full = subprocess.Popen([sys.executable, "-c", BURN])
+    part = subprocess.Popen([sys.executable, "-c", HALF_BURN])
+    (ctr_dir / "cgroup.procs").write_text(str(full.pid))
+    try:
+        yield {"full": full, "part": part, "pod": pod, "container": container}
+    finally:
+        for p in (full, part):
+            p.kill()
+            p.wait()
+        remove_cgroups(top)
+
+
+def sample(body: bytes, name: str, **labels: str) -> float:
+    """The value of the one sample called ``name`` whose labels include ``labels``."""
+    found = [
+        s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]
+    assert len(found) == 1, f"{name}{labels}: {found}"
+    return float(found[0])
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_push_and_pull_end_to_end(
+    tmp_path: Path,
+    burners: dict[str, object],
+    victoria_metrics: VictoriaMetrics,
+    otlp_grpc_sink: OtlpGrpcSink,
+    prometheus_factory: object,
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+host:
+  sysfs: {tmp_path / "sys"}
+  node_name: e2e-node
+receivers:
+  rapl: {{}}
+  procfs: {{}}
+processors:
+  attribution:
+    levels: [node, process, container, pod]
+exporters:
+  otlphttp:
+    metrics_endpoint: {victoria_metrics.otlp_metrics_url}
+  otlp:
+    endpoint: {otlp_grpc_sink.endpoint}
+    tls: {{insecure: true}}
+  prometheus:
+    endpoint: 127.0.0.1:{port}
+service:
+  interval: 1s
+  pipelines:
+    metrics:
+      receivers: [rapl, procfs]
+      processors: [attribution]
+      exporters: [otlphttp, otlp, prometheus]
+""",
+    )
+    full = burners["full"].pid  # type: ignore[attr-defined]
+    part = burners["part"].pid  # type: ignore[attr-defined]
+    with PoweredTree(tmp_path / "sys"):
+        agent = Agent(config).start()
+        try:
+            prom: Prometheus = prometheus_factory([f"127.0.0.1:{port}"], scrape_interval="1s")  # type: ignore[operator]
+            began = time.monotonic()
+            # Prometheus scraped the pull endpoint (its first scrape comes ~5 s after start).
+            scraped = prom.wait_for('kepler_node_cpu_joules_total{zone="package"}', timeout=30)
+            assert float(scraped[0]["value"][1]) > 0
+            assert prom.wait_for(f'kepler_process_cpu_joules_total{{pid="{full}"}}')
+            time.sleep(max(0.0, 6.5 - (time.monotonic() - began)))
+            seconds, code, out, err = agent.stop()
+        finally:
+            agent.kill()
+    assert code == 0, err
+    assert seconds < 5.0
+
+    # gRPC: the real request, decoded; its last totals are what the agent sent last.
+    names = otlp_grpc_sink.metric_names()
+    assert {"kepler.node.cpu.joules", "otel_kepler.agent.tick.duration"} <= names
+    points = otlp_grpc_sink.metric_points("kepler.node.cpu.joules")
+    assert points[-1].resource["service.name"] == "otel-kepler"
+    assert points[-1].resource["k8s.node.name"] == "e2e-node"
+    last = {p.attributes["zone"]: p.value for p in points[-2:]}
+    assert set(last) == {"package", "dram"}
+    ticks = len(otlp_grpc_sink.requests)
+    assert ticks >= 5
+    # The first tick primes; then one interval of about 1 s per tick at the known power.
+    assert last["package"] == pytest.approx(PACKAGE_WATTS * (ticks - 1), rel=0.1)
+    assert last["dram"] == pytest.approx(DRAM_WATTS * (ticks - 1), rel=0.1)
+
+    # VictoriaMetrics: Kepler names from OTLP, the same totals.
+    def vm_value(promql: str, expected: float | None = None) -> tuple[dict[str, str], float]:
+        accept = None
+        if expected is not None:
+            accept = lambda r: bool(r) and float(r[0]["value"][1]) == pytest.approx(expected)  # noqa: E731
+        result = victoria_metrics.wait_for(promql, until=accept)
+        return result[0]["metric"], float(result[0]["value"][1])
+
+    labels, total = vm_value('kepler_node_cpu_joules_total{zone="package"}', last["package"])
+    assert labels["source"] == "rapl"
+    assert labels["node_name"] == "e2e-node"
+    assert labels["service_name"] == "otel-kepler"
+    _, watts = vm_value('kepler_node_cpu_watts{zone="package",source="rapl"}')
+    assert watts == pytest.approx(PACKAGE_WATTS, rel=0.1)
+    _, dram = vm_value('kepler_node_cpu_joules_total{zone="dram"}', last["dram"])
+    _, active = vm_value('kepler_node_cpu_active_joules_total{zone="package"}')
+    _, idle = vm_value('kepler_node_cpu_idle_joules_total{zone="package"}')
+    assert active + idle == pytest.approx(total, rel=1e-9)
+    assert active > 0.4 * total  # the full burner keeps one of two cores busy
+
+    def process_joules(pid: int) -> float:
+        query = f'kepler_process_cpu_joules_total{{pid="{pid}",zone="package",state="running"}}'
+        return vm_value(query)[1]
+
+    full_j, part_j = process_joules(full), process_joules(part)
+    assert full_j > 2.5 * part_j > 0  # 100% of a core against about 25%
+    container = burners["container"]
+    labels, ctr_j = vm_value(
+        f'kepler_container_cpu_joules_total{{container_id="{container}",zone="package"}}'
+    )
+    assert labels["runtime"] == "containerd"
+    assert labels["pod_id"] == burners["pod"]
+    assert ctr_j == pytest.approx(full_j, rel=1e-9)
+    _, pod_j = vm_value(f'kepler_pod_cpu_joules_total{{pod_id="{burners["pod"]}",zone="package"}}')
+    assert pod_j == pytest.approx(full_j, rel=1e-9)
+    _, cpu_seconds = vm_value(f'kepler_process_cpu_seconds_total{{pid="{full}"}}')
+    assert cpu_seconds > 2.0
+
+
+def test_a_dead_backend_never_delays_measurement(
+    tmp_path: Path, otlp_http_sink: OtlpHttpSink
+) -> None:
+    """The OTLP backend hangs; ticks go on, the queue drops and counts, SIGTERM still stops."""
+    otlp_http_sink.respond_hang(60.0)
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+host: {{sysfs: {tmp_path / "sys"}}}
+receivers: {{rapl: {{}}}}
+processors: {{attribution: {{}}}}
+exporters:
+  otlphttp:
+    metrics_endpoint: {otlp_http_sink.metrics_url}
+    timeout: 30s
+    sending_queue: {{queue_size: 2}}
+  prometheus: {{endpoint: "127.0.0.1:{port}"}}
+service:
+  interval: 200ms
+  pipelines:
+    metrics: {{receivers: [rapl], processors: [attribution], exporters: [otlphttp, prometheus]}}
+""",
+    )
+    with PoweredTree(tmp_path / "sys"):
+        agent = Agent(config).start()
+        try:
+            time.sleep(3.0)
+            first = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            time.sleep(1.0)
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            seconds, code, out, err = agent.stop()
+        finally:
+            agent.kill()
+    dropped = sample(body, "otel_kepler_agent_exporter_dropped_batches_total", exporter="otlphttp")
+    joules = sample(body, "kepler_node_cpu_joules_total", zone="package")
+    before = sample(first, "kepler_node_cpu_joules_total", zone="package")
+    # Ticks go on at 200 ms: one more second of energy between the scrapes...
+    assert joules - before == pytest.approx(PACKAGE_WATTS * 1.0, rel=0.25)
+    # ...while the hung exporter holds one batch, queues two and drops the rest.
+    assert dropped >= 5
+    assert code == 0, err
+    assert seconds < 5.0
+
+
+def test_make_run_config_shows_model_power_on_a_host_without_rapl(tmp_path: Path) -> None:
+    """configs/local.yaml on this VM (no RAPL): the estimator stands in, marked source=model."""
+    if os.path.isdir("/sys/class/powercap/intel-rapl:0"):
+        pytest.fail("this test expects a host without RAPL, as CI's VM is")
+    port = free_port()
+    local = (ROOT / "configs" / "local.yaml").read_text()
+    config = write_config(
+        tmp_path,
+        local.replace("interval: 5s", "interval: 500ms").replace(
+            "127.0.0.1:9102", f"127.0.0.1:{port}"
+        ),
+    )
+    agent = Agent(config).start()
+    try:
+        time.sleep(2.5)
+        seconds, code, out, err = agent.stop(signal.SIGINT)
+    finally:
+        agent.kill()
+    assert code == 0, err
+    assert "falling back to the estimator" in err
+    lines = [line for line in out.splitlines() if " node: " in line]
+    assert len(lines) >= 3
+    assert "cpu/package" in lines[-1] and "W (model)" in lines[-1]
+    assert "(pid " in out  # process level is on in local.yaml: the top workloads are listed
