@@ -32,7 +32,8 @@ test: $(VENV)/.installed test-deps lint typecheck
 	$(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) bench/run.py
+	$(PY) bench/bench_tick.py
+	$(PY) bench/bench_procfs.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

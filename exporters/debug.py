@@ -94,7 +94,8 @@ class DebugExporter(Exporter):
                     continue
                 label = _label(name, attrs)
                 rows[label] = rows.get(label, 0.0) + float(p.value)
-        best = sorted(rows.items(), key=lambda kv: kv[1], reverse=True)[: self.config.top]
+        busy = [(label, watts) for label, watts in rows.items() if watts > 0.0]
+        best = sorted(busy, key=lambda kv: kv[1], reverse=True)[: self.config.top]
         return [f"  {watts:8.3f} W  {label}\n" for label, watts in best]
 
 

@@ -51,17 +51,22 @@ class _Points:
         self.now_ns = now_ns
         self.by_metric: dict[m.MetricDesc, list[NumberDataPoint]] = {}
 
-    def add(
-        self, desc: m.MetricDesc, attrs: Mapping[str, str], value: float, start_ns: int
-    ) -> None:
+    def list_for(self, desc: m.MetricDesc) -> list[NumberDataPoint]:
         points = self.by_metric.get(desc)
         if points is None:
             points = self.by_metric[desc] = []
-        points.append(NumberDataPoint(attrs, start_ns, self.now_ns, value))
+        return points
+
+    def add(
+        self, desc: m.MetricDesc, attrs: Mapping[str, str], value: float, start_ns: int
+    ) -> None:
+        self.list_for(desc).append(NumberDataPoint(attrs, start_ns, self.now_ns, value))
 
     def metrics(self) -> list[Metric]:
         out = []
         for desc, points in self.by_metric.items():
+            if not points:
+                continue
             data: Sum | Gauge
             if desc.kind == "sum":
                 data = Sum(points, _CUMULATIVE, True)
@@ -110,19 +115,25 @@ class Converter:
         return attrs
 
     def _workloads(self, points: _Points, workloads: Iterable[WorkloadEnergy]) -> None:
+        """The hot part of a tick at process level: kept to plain loops and list appends."""
+        now = points.now_ns
+        joules_of = {lvl: points.list_for(d) for lvl, d in m.WORKLOAD_JOULES.items()}
+        watts_of = {lvl: points.list_for(d) for lvl, d in m.WORKLOAD_WATTS.items()}
+        seconds = points.list_for(m.PROCESS_CPU_SECONDS)
         for w in workloads:
-            joules_desc = m.WORKLOAD_JOULES[w.level]
-            watts_desc = m.WORKLOAD_WATTS[w.level]
+            joules_points = joules_of[w.level]
+            watts_points = watts_of[w.level]
             start = w.start_time_ns
             base = w.attributes
             state = w.state
+            watts = w.watts
             for zone, joules in w.joules.items():
                 attrs = {**base, "zone": zone, "state": state}
-                points.add(joules_desc, attrs, joules, start)
-                points.add(watts_desc, attrs, w.watts.get(zone, 0.0), 0)
+                joules_points.append(NumberDataPoint(attrs, start, now, joules))
+                watts_points.append(NumberDataPoint(attrs, 0, now, watts.get(zone, 0.0)))
             if w.level == "process":
                 attrs = {**base, "state": state}
-                points.add(m.PROCESS_CPU_SECONDS, attrs, w.cpu_seconds, start)
+                seconds.append(NumberDataPoint(attrs, start, now, w.cpu_seconds))
 
     def _agent(self, points: _Points, stats: AgentStats) -> None:
         start = self.start_ns
