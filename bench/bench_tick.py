@@ -29,7 +29,7 @@ from otel_kepler.convert import AgentStats, Converter
 from otel_kepler.data import Batch, EnergyReading
 from otel_kepler.processors.attribution import AttributionConfig, AttributionProcessor
 from otel_kepler.receivers.procfs import ProcfsReceiver
-from otel_kepler.service import build_resource
+from otel_kepler.service import build_resource, settle_memory
 
 TICKS = 9
 INTERVAL = 5.0
@@ -72,6 +72,7 @@ def measure(size: int) -> dict[str, float]:
     with SleepingProcesses(size):
         tick = Tick()
         tick.run()  # the first tick reads every exe and cgroup once
+        settle_memory()  # as the service does after its first tick
         tick.run()
         parts: dict[str, list[float]] = {"collect": [], "attribute": [], "convert": []}
         totals = []

@@ -160,6 +160,7 @@ def create_http(name: str, config: OtlpHttpConfig, host: HostSettings) -> OtlpEx
         )
     exporter = HttpMetricExporter(
         endpoint=endpoint,
+        session=_session_for(endpoint) if config.tls.ca_file else None,
         certificate_file=config.tls.ca_file,
         client_certificate_file=config.tls.cert_file,
         client_key_file=config.tls.key_file,
@@ -168,6 +169,22 @@ def create_http(name: str, config: OtlpHttpConfig, host: HostSettings) -> OtlpEx
         compression=compression,
     )
     return OtlpExporter(name, exporter, config.timeout)
+
+
+def _session_for(endpoint: str | None) -> Any:
+    """A requests session that keeps the configured CA file.
+
+    requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE override a session's CA
+    (psf/requests#3829), which would silently replace ``tls.ca_file``. This
+    session does not read its TLS settings from the environment; proxies from
+    the environment still apply.
+    """
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies.update(requests.utils.get_environ_proxies(endpoint or ""))
+    return session
 
 
 def _read(path: str | None) -> bytes | None:

@@ -10,6 +10,7 @@ logged once per distinct message and counted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -101,6 +102,8 @@ class Service:
         while not self._stop.is_set():
             self.tick()
             ticks += 1
+            if ticks == 1:
+                settle_memory()
             now = time.monotonic()
             if duration is not None and now - begin >= duration:
                 break
@@ -186,6 +189,18 @@ class Service:
             failed={cid: w.failed for cid, w in self.workers.items()},
             receiver_errors=dict(self.receiver_errors),
         )
+
+
+def settle_memory() -> None:
+    """Move everything alive after start-up and the first tick out of the GC's way.
+
+    The libraries (OpenTelemetry, gRPC, protobuf) and the first tick's caches are
+    tens of thousands of long-lived objects; without this, a full collection
+    triggered by one tick's allocations scans them all (measured: 24 ms a tick at
+    1,000 processes on a 2-core VM, more than the tick's own work).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_resource(node_name: str) -> Resource:

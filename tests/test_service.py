@@ -14,7 +14,7 @@ import pytest
 from otel_kepler.config import parse
 from otel_kepler.registry import default_registry
 from otel_kepler.service import Service
-from tests.peers import OtlpHttpSink
+from tests.peers import OtlpGrpcSink, OtlpHttpSink, TlsCert
 from tests.sysfs_fixtures import RaplTree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,3 +207,57 @@ service: {{pipelines: {{metrics: {{receivers: [rapl], exporters: [debug]}}}}}}
     assert rows["procfs"][0] == "no"
     assert f"{tmp_path / 'noproc'}/stat" in rows["procfs"][1]
     assert rows["estimator"][0] == "no"
+
+
+def tls_service(tmp_path: Path, exporter: str) -> tuple[Service, RaplTree]:
+    tree = RaplTree(tmp_path / "sys")
+    tree.add_socket()
+    service = service_for(
+        f"""
+host: {{sysfs: {tree.sysfs}}}
+receivers: {{rapl: {{}}}}
+processors: {{attribution: {{}}}}
+exporters: {{{exporter}}}
+service:
+  pipelines:
+    metrics: {{receivers: [rapl], processors: [attribution], exporters: [{exporter.split(":")[0]}]}}
+"""
+    )
+    return service, tree
+
+
+def test_otlphttp_over_tls_with_a_ca_file(tmp_path: Path, tls_cert: TlsCert) -> None:
+    """The configured CA is used even where REQUESTS_CA_BUNDLE points elsewhere (this VM)."""
+    os.environ.setdefault("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    with OtlpHttpSink(tls=tls_cert) as sink:
+        exporter = f'otlphttp: {{endpoint: "{sink.url}", tls: {{ca_file: "{tls_cert.cert_file}"}}}}'
+        service, tree = tls_service(tmp_path, exporter)
+        try:
+            service.tick()
+            tree.advance("intel-rapl:0", 3.0)
+            service.tick()
+        finally:
+            service.shutdown()
+        assert sink.url.startswith("https://")
+        assert sink.metric_points("kepler.node.cpu.joules")[-1].value == pytest.approx(
+            3.0, rel=1e-4
+        )
+        assert service.workers["otlphttp"].failed == 0
+
+
+def test_otlp_grpc_over_tls_with_a_ca_file(tmp_path: Path, tls_cert: TlsCert) -> None:
+    with OtlpGrpcSink(tls=tls_cert) as sink:
+        exporter = (
+            f'otlp: {{endpoint: "{sink.endpoint}", tls: {{ca_file: "{tls_cert.cert_file}"}}}}'
+        )
+        service, tree = tls_service(tmp_path, exporter)
+        try:
+            service.tick()
+            tree.advance("intel-rapl:0", 3.0)
+            service.tick()
+        finally:
+            service.shutdown()
+        assert sink.metric_points("kepler.node.cpu.joules")[-1].value == pytest.approx(
+            3.0, rel=1e-4
+        )
+        assert service.workers["otlp"].failed == 0
