@@ -209,9 +209,11 @@ service: {{pipelines: {{metrics: {{receivers: [rapl], exporters: [debug]}}}}}}
     assert rows["estimator"][0] == "no"
 
 
-def tls_service(tmp_path: Path, exporter: str) -> tuple[Service, RaplTree]:
+def two_ticks_with_3_joules(tmp_path: Path, exporter: str) -> Service:
+    """A rapl pipeline exporting to ``exporter`` (its YAML): prime, 3 J, shut down."""
     tree = RaplTree(tmp_path / "sys")
     tree.add_socket()
+    exporter_id = exporter.split(":")[0]
     service = service_for(
         f"""
 host: {{sysfs: {tree.sysfs}}}
@@ -220,10 +222,16 @@ processors: {{attribution: {{}}}}
 exporters: {{{exporter}}}
 service:
   pipelines:
-    metrics: {{receivers: [rapl], processors: [attribution], exporters: [{exporter.split(":")[0]}]}}
+    metrics: {{receivers: [rapl], processors: [attribution], exporters: [{exporter_id}]}}
 """
     )
-    return service, tree
+    try:
+        service.tick()
+        tree.advance("intel-rapl:0", 3.0)
+        service.tick()
+    finally:
+        service.shutdown()
+    return service
 
 
 def test_otlphttp_over_tls_with_a_ca_file(tmp_path: Path, tls_cert: TlsCert) -> None:
@@ -231,18 +239,11 @@ def test_otlphttp_over_tls_with_a_ca_file(tmp_path: Path, tls_cert: TlsCert) -> 
     os.environ.setdefault("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     with OtlpHttpSink(tls=tls_cert) as sink:
         exporter = f'otlphttp: {{endpoint: "{sink.url}", tls: {{ca_file: "{tls_cert.cert_file}"}}}}'
-        service, tree = tls_service(tmp_path, exporter)
-        try:
-            service.tick()
-            tree.advance("intel-rapl:0", 3.0)
-            service.tick()
-        finally:
-            service.shutdown()
+        service = two_ticks_with_3_joules(tmp_path, exporter)
         assert sink.url.startswith("https://")
-        assert sink.metric_points("kepler.node.cpu.joules")[-1].value == pytest.approx(
-            3.0, rel=1e-4
-        )
-        assert service.workers["otlphttp"].failed == 0
+        joules = sink.metric_points("kepler.node.cpu.joules")[-1].value
+    assert joules == pytest.approx(3.0, rel=1e-4)
+    assert service.workers["otlphttp"].failed == 0
 
 
 def test_otlp_grpc_over_tls_with_a_ca_file(tmp_path: Path, tls_cert: TlsCert) -> None:
@@ -250,14 +251,7 @@ def test_otlp_grpc_over_tls_with_a_ca_file(tmp_path: Path, tls_cert: TlsCert) ->
         exporter = (
             f'otlp: {{endpoint: "{sink.endpoint}", tls: {{ca_file: "{tls_cert.cert_file}"}}}}'
         )
-        service, tree = tls_service(tmp_path, exporter)
-        try:
-            service.tick()
-            tree.advance("intel-rapl:0", 3.0)
-            service.tick()
-        finally:
-            service.shutdown()
-        assert sink.metric_points("kepler.node.cpu.joules")[-1].value == pytest.approx(
-            3.0, rel=1e-4
-        )
-        assert service.workers["otlp"].failed == 0
+        service = two_ticks_with_3_joules(tmp_path, exporter)
+        joules = sink.metric_points("kepler.node.cpu.joules")[-1].value
+    assert joules == pytest.approx(3.0, rel=1e-4)
+    assert service.workers["otlp"].failed == 0
