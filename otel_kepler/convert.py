@@ -42,6 +42,7 @@ class AgentStats:
     dropped: dict[str, int] = field(default_factory=dict)  # exporter id -> batches
     failed: dict[str, int] = field(default_factory=dict)  # exporter id -> batches
     receiver_errors: dict[str, int] = field(default_factory=dict)  # receiver id -> ticks
+    rejected: dict[str, int] = field(default_factory=dict)  # receiver id -> readings
 
 
 class _Points:
@@ -146,3 +147,5 @@ class Converter:
             points.add(m.AGENT_EXPORT_FAILURES, {"exporter": name}, count, start)
         for name, count in stats.receiver_errors.items():
             points.add(m.AGENT_RECEIVER_ERRORS, {"receiver": name}, count, start)
+        for name, count in stats.rejected.items():
+            points.add(m.AGENT_REJECTED_READINGS, {"receiver": name}, count, start)

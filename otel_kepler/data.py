@@ -70,6 +70,28 @@ class ProcessSample:
 
 
 @dataclass(slots=True)
+class GpuSample:
+    """One GPU during one tick, as the ``nvml`` receiver saw it.
+
+    ``joules`` comes from the device's energy counter (the truth); ``watts`` is the
+    power read at the end of the tick. ``sm_util`` holds each process's average
+    streaming-multiprocessor utilisation over the interval, in percent, from the
+    utilisation samples; ``running`` the pids of the compute processes seen running.
+    Either may be empty (no samples is "nothing ran", not a failure).
+    """
+
+    index: int
+    uuid: str
+    name: str
+    joules: float
+    watts: float
+    sm_util: dict[int, float] = field(default_factory=dict)
+    running: list[int] = field(default_factory=list)
+    idle_watts: float | None = None  # configured idle power; None: learn it
+    attributes: dict[str, str] | None = None  # e.g. the MIG instance
+
+
+@dataclass(slots=True)
 class Contribution:
     """What one receiver returns for one tick. Fields it does not fill stay empty."""
 
@@ -78,6 +100,8 @@ class Contribution:
     processes: dict[int, ProcessSample] | None = None
     exited: list[ProcessSample] = field(default_factory=list)
     gauges: list[GaugeValue] = field(default_factory=list)
+    gpus: list[GpuSample] = field(default_factory=list)
+    rejected: int = 0  # readings dropped as physically impossible this tick
 
 
 @dataclass(slots=True)
@@ -132,6 +156,7 @@ class Batch:
     processes: dict[int, ProcessSample] = field(default_factory=dict)
     exited: list[ProcessSample] = field(default_factory=list)
     gauges: list[GaugeValue] = field(default_factory=list)
+    gpus: list[GpuSample] = field(default_factory=list)
     # Filled by the attribution processor:
     node_zones: list[ZoneEnergy] = field(default_factory=list)
     workloads: list[WorkloadEnergy] = field(default_factory=list)
@@ -146,3 +171,4 @@ class Batch:
             self.processes.update(part.processes)
         self.exited.extend(part.exited)
         self.gauges.extend(part.gauges)
+        self.gpus.extend(part.gpus)

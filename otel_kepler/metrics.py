@@ -99,6 +99,11 @@ AGENT_EXPORT_FAILURES = _sum(
 AGENT_RECEIVER_ERRORS = _sum(
     "otel_kepler.agent.receiver.errors", "1", "Ticks on which a receiver failed to collect"
 )
+AGENT_REJECTED_READINGS = _sum(
+    "otel_kepler.agent.receiver.rejected.readings",
+    "1",
+    "Sensor readings dropped as physically impossible (counter jumps, 2^32-1 values)",
+)
 
 ALL: tuple[MetricDesc, ...] = (
     *NODE_JOULES.values(),
@@ -115,4 +120,5 @@ ALL: tuple[MetricDesc, ...] = (
     AGENT_DROPPED,
     AGENT_EXPORT_FAILURES,
     AGENT_RECEIVER_ERRORS,
+    AGENT_REJECTED_READINGS,
 )

@@ -70,6 +70,7 @@ class Service:
             build_resource(self.host.node_name), start_ns, self.host.node_name
         )
         self.receiver_errors: dict[str, int] = {cid: 0 for cid in self.receivers}
+        self.rejected_readings: dict[str, int] = {cid: 0 for cid in self.receivers}
         self._errors_seen: set[tuple[str, str]] = set()
         self._last_tick: float | None = None
         self._last_tick_seconds = 0.0
@@ -167,7 +168,9 @@ class Service:
 
     def _collect(self, cid: str, receiver: Receiver) -> Contribution | None:
         try:
-            return receiver.collect()
+            part = receiver.collect()
+            self.rejected_readings[cid] += part.rejected
+            return part
         except Exception as err:
             self.receiver_errors[cid] += 1
             message = f"{type(err).__name__}: {err}"
@@ -188,6 +191,7 @@ class Service:
             dropped={cid: w.dropped for cid, w in self.workers.items()},
             failed={cid: w.failed for cid, w in self.workers.items()},
             receiver_errors=dict(self.receiver_errors),
+            rejected=dict(self.rejected_readings),
         )
 
 

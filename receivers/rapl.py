@@ -257,6 +257,7 @@ class RaplReceiver(Receiver):
         self._last_tick = now
         joules: dict[str, float] = {}
         dropped: set[str] = set()
+        rejected = 0
         for counter in self._counters:
             delta_uj = self._delta(counter)
             if delta_uj is None:
@@ -264,6 +265,7 @@ class RaplReceiver(Receiver):
             elif elapsed is not None and delta_uj > self._max_watts * elapsed * 1e6:
                 self._reject(counter, delta_uj, elapsed)
                 dropped.add(counter.zone)
+                rejected += 1
             else:
                 joules[counter.zone] = joules.get(counter.zone, 0.0) + delta_uj / 1e6
         energy = [
@@ -271,7 +273,7 @@ class RaplReceiver(Receiver):
             for zone in self._zones
             if zone not in dropped
         ]
-        return Contribution(energy=energy)
+        return Contribution(energy=energy, rejected=rejected)
 
     def _delta(self, counter: _Counter) -> int | None:
         """Microjoules since the previous read; None while priming or when unreadable."""

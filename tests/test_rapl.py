@@ -402,3 +402,14 @@ def test_fallback_to_the_estimator_where_there_is_no_rapl(tmp_path: Path) -> Non
     no_fallback = RaplReceiver("rapl", RaplConfig(), host, clock)
     with pytest.raises(ComponentError):
         no_fallback.start()
+
+
+def test_rejected_readings_are_counted(tree: RaplTree, clock: FakeClock) -> None:
+    tree.add_socket(dram=True)
+    receiver = started(tree, clock)
+    tree.advance("intel-rapl:0", 200_000.0)  # 200 kJ in 1 s: a counter jump, not power
+    tree.advance(tree.keys("dram")[0], 1.0)
+    clock.now += 1.0
+    part = receiver.collect()
+    assert part.rejected == 1
+    assert joules_by_zone(part) == {"dram": pytest.approx(1.0, rel=1e-4)}
