@@ -77,7 +77,8 @@ class DebugExporter(Exporter):
         for component in ("cpu", "platform", "gpu"):
             for p in points.get(f"kepler.node.{component}.watts", []):
                 a = p.attributes or {}
-                node.append(f"{component}/{a.get('zone')} {p.value:.1f} W ({a.get('source')})")
+                what = a.get("zone") or f"{a.get('gpu')} {a.get('gpu_name', '')}".rstrip()
+                node.append(f"{component}/{what} {p.value:.1f} W ({a.get('source')})")
         usage = points.get("kepler.node.cpu.usage.ratio")
         usage_text = f"  usage {usage[0].value:.0%}" if usage else ""
         lines = [f"{stamp} node: {', '.join(node) or 'no energy yet'}{usage_text}\n"]

@@ -89,6 +89,8 @@ class Converter:
         points = _Points(batch.timestamp_ns)
         self._node(points, batch)
         self._workloads(points, batch.workloads)
+        if batch.node_gpus:
+            self._gpus(points, batch)
         for g in batch.gauges:
             desc = m.MetricDesc(g.name, g.unit, "gauge", g.description)
             points.add(desc, g.attributes, g.value, 0)
@@ -135,6 +137,27 @@ class Converter:
             if w.level == "process":
                 attrs = {**base, "state": state}
                 seconds.append(NumberDataPoint(attrs, start, now, w.cpu_seconds))
+
+    def _gpus(self, points: _Points, batch: Batch) -> None:
+        """Node GPUs, and the GPU share of every workload that has one."""
+        start = self.start_ns
+        gpu_attrs: dict[str, dict[str, str]] = {}
+        for gpu in batch.node_gpus:
+            points.add(m.NODE_JOULES["gpu"], gpu.attributes, gpu.total_joules, start)
+            points.add(m.NODE_WATTS["gpu"], gpu.attributes, gpu.watts, 0)
+            gpu_attrs[gpu.uuid] = {
+                k: v for k, v in gpu.attributes.items() if k in ("gpu", "gpu_uuid", "gpu_name")
+            }
+        for w in batch.workloads:
+            if not w.gpu_joules:
+                continue
+            joules_desc = m.WORKLOAD_GPU_JOULES[w.level]
+            watts_desc = m.WORKLOAD_GPU_WATTS[w.level]
+            for uuid, joules in w.gpu_joules.items():
+                attrs = {**w.attributes, **gpu_attrs.get(uuid, {"gpu_uuid": uuid})}
+                attrs["state"] = w.state
+                points.add(joules_desc, attrs, joules, w.start_time_ns)
+                points.add(watts_desc, attrs, w.gpu_watts.get(uuid, 0.0), 0)
 
     def _agent(self, points: _Points, stats: AgentStats) -> None:
         start = self.start_ns

@@ -131,6 +131,20 @@ class ZoneEnergy:
 
 
 @dataclass(slots=True)
+class GpuEnergy:
+    """One GPU after attribution: totals since the agent started."""
+
+    uuid: str
+    attributes: dict[str, str]  # gpu, gpu_uuid, gpu_name, source (and MIG labels)
+    interval_joules: float
+    watts: float
+    total_joules: float
+    active_total_joules: float
+    idle_total_joules: float
+    idle_watts: float | None  # the idle power in use: configured or learned
+
+
+@dataclass(slots=True)
 class WorkloadEnergy:
     """Energy of one process, container or pod, cumulative per zone."""
 
@@ -142,6 +156,8 @@ class WorkloadEnergy:
     cpu_seconds: float = 0.0  # processes only: cumulative CPU time
     start_time_ns: int = 0  # when the agent first saw it: start of its cumulative sums
     workload: Workload = NO_WORKLOAD
+    gpu_joules: dict[str, float] = field(default_factory=dict)  # GPU uuid -> total joules
+    gpu_watts: dict[str, float] = field(default_factory=dict)  # GPU uuid -> last interval
 
 
 @dataclass(slots=True)
@@ -159,6 +175,7 @@ class Batch:
     gpus: list[GpuSample] = field(default_factory=list)
     # Filled by the attribution processor:
     node_zones: list[ZoneEnergy] = field(default_factory=list)
+    node_gpus: list[GpuEnergy] = field(default_factory=list)
     workloads: list[WorkloadEnergy] = field(default_factory=list)
     has_usage: bool = False  # some receiver reported processes this tick
 

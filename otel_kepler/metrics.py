@@ -85,6 +85,14 @@ WORKLOAD_WATTS = {
     level: _gauge(f"kepler.{level}.cpu.watts", "W", f"CPU power attributed to the {level}")
     for level in ("process", "container", "pod")
 }
+WORKLOAD_GPU_JOULES = {
+    level: _sum(f"kepler.{level}.gpu.joules", "J", f"GPU energy attributed to the {level}")
+    for level in ("process", "container", "pod")
+}
+WORKLOAD_GPU_WATTS = {
+    level: _gauge(f"kepler.{level}.gpu.watts", "W", f"GPU power attributed to the {level}")
+    for level in ("process", "container", "pod")
+}
 PROCESS_CPU_SECONDS = _sum("kepler.process.cpu.seconds", "s", "CPU time of the process")
 
 AGENT_TICK_DURATION = _gauge("otel_kepler.agent.tick.duration", "s", "Wall time the last tick took")
@@ -113,6 +121,8 @@ ALL: tuple[MetricDesc, ...] = (
     NODE_CPU_USAGE,
     *WORKLOAD_JOULES.values(),
     *WORKLOAD_WATTS.values(),
+    *WORKLOAD_GPU_JOULES.values(),
+    *WORKLOAD_GPU_WATTS.values(),
     PROCESS_CPU_SECONDS,
     AGENT_TICK_DURATION,
     AGENT_CPU_SECONDS,

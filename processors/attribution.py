@@ -29,11 +29,13 @@ from otel_kepler.data import (
     TERMINATED,
     Batch,
     EnergyReading,
+    GpuEnergy,
     ProcessSample,
     Workload,
     WorkloadEnergy,
     ZoneEnergy,
 )
+from otel_kepler.processors.gpu import GpuSplitter
 from otel_kepler.schema import ConfigError
 
 LevelName = Literal["node", "process", "container", "pod"]
@@ -77,13 +79,16 @@ class AttributionProcessor(Processor):
         self._containers: dict[str, WorkloadEnergy] = {}
         self._pods: dict[str, WorkloadEnergy] = {}
         self._tick = 0
+        self._gpus = GpuSplitter(node_name)
 
     # -- per tick ---------------------------------------------------------------------
 
     def process(self, batch: Batch) -> None:
         now_ns = batch.timestamp_ns
         interval = batch.interval_s
-        zones = self._node_zones(batch.energy, interval)
+        gpus, gpu_shares = self._gpus.split(batch.gpus, interval)
+        readings = batch.energy + platform_remainder(batch.energy, gpus)
+        zones = self._node_zones(readings, interval)
         total_delta = sum(p.cpu_delta for p in batch.processes.values())
         total_delta += sum(p.cpu_delta for p in batch.exited)
         ratio = batch.cpu_usage_ratio
@@ -96,10 +101,12 @@ class AttributionProcessor(Processor):
             zone.active_total_joules += active
             zone.idle_total_joules += zone.interval_joules - active
             active_by_zone[zone.zone] = active_by_zone.get(zone.zone, 0.0) + active
-        if batch.has_usage or self._processes:
-            self._attribute(batch, active_by_zone, total_delta if attributable else 0.0, now_ns)
+        if batch.has_usage or self._processes or gpu_shares:
+            delta = total_delta if attributable else 0.0
+            self._attribute(batch, active_by_zone, delta, gpu_shares, now_ns)
         if "node" in self.levels:
             batch.node_zones.extend(zones)
+            batch.node_gpus.extend(gpus)
 
     def _node_zones(self, readings: list[EnergyReading], interval: float) -> list[ZoneEnergy]:
         """Fold this tick's readings into the node totals; returns the zones seen this tick."""
@@ -120,7 +127,12 @@ class AttributionProcessor(Processor):
         return list(seen.values())
 
     def _attribute(
-        self, batch: Batch, active: dict[str, float], total_delta: float, now_ns: int
+        self,
+        batch: Batch,
+        active: dict[str, float],
+        total_delta: float,
+        gpu_shares: dict[int, list[tuple[str, float]]],
+        now_ns: int,
     ) -> None:
         interval = batch.interval_s
         inv_interval = 1.0 / interval if interval > 0 else 0.0
@@ -129,6 +141,7 @@ class AttributionProcessor(Processor):
             for w in table.values():
                 w.state = TERMINATED  # until a live process says otherwise
                 _zero(w.watts)
+                _zero(w.gpu_watts)
         self._tick += 1
         want_process = "process" in self.levels
         out = batch.workloads
@@ -147,6 +160,7 @@ class AttributionProcessor(Processor):
             self._processes.pop(sample.pid, None)
             energy.state = TERMINATED
             terminated.append(energy)
+        self._attribute_gpus(batch, gpu_shares, inv_interval, now_ns)
         if batch.has_usage:
             self._sweep_unseen(terminated)
         if want_process:
@@ -183,6 +197,38 @@ class AttributionProcessor(Processor):
             if in_workload:
                 self._add_to_workload(sample.workload, zone, joules, inv_interval, now_ns)
         return energy
+
+    def _attribute_gpus(
+        self,
+        batch: Batch,
+        shares: dict[int, list[tuple[str, float]]],
+        inv_interval: float,
+        now_ns: int,
+    ) -> None:
+        """Give each GPU process its active joules; a pid /proc did not show still counts."""
+        for state in self._processes.values():
+            _zero(state.energy.gpu_watts)
+        for pid, gpu_joules in shares.items():
+            state = self._processes.get(pid)
+            if state is None:  # not seen by the usage receivers (another pid namespace?)
+                sample = ProcessSample(pid, 0, "", "", NO_WORKLOAD, 0.0, 0.0)
+                state = _ProcessState(0, self._new_process(sample, now_ns), self._tick)
+                self._processes[pid] = state
+            if pid not in batch.processes and "process" in self.levels:
+                batch.workloads.append(state.energy)  # the usage loop did not list it
+            state.seen = self._tick
+            energy = state.energy
+            workload = energy.workload
+            for uuid, joules in gpu_joules:
+                energy.gpu_joules[uuid] = energy.gpu_joules.get(uuid, 0.0) + joules
+                energy.gpu_watts[uuid] = joules * inv_interval
+                if workload is not NO_WORKLOAD:
+                    for target in (self._container(workload, now_ns), self._pod(workload, now_ns)):
+                        if target is not None:
+                            target.gpu_joules[uuid] = target.gpu_joules.get(uuid, 0.0) + joules
+                            target.gpu_watts[uuid] = (
+                                target.gpu_watts.get(uuid, 0.0) + joules * inv_interval
+                            )
 
     def _sweep_unseen(self, terminated: list[WorkloadEnergy]) -> None:
         """Processes a usage receiver stopped reporting without an exit record have ended."""
@@ -272,6 +318,27 @@ class AttributionProcessor(Processor):
             return ended
         ended.sort(key=lambda w: sum(w.joules.values()), reverse=True)
         return ended[: self.max_terminated]
+
+
+def platform_remainder(readings: list[EnergyReading], gpus: list[GpuEnergy]) -> list[EnergyReading]:
+    """Zone ``other`` of each platform meter: platform minus CPU package, DRAM and GPUs.
+
+    Only where both a platform meter and component meters report; clamped at 0
+    (meters disagree a little: a platform reading below its parts is not negative
+    energy).
+    """
+    platform = [r for r in readings if r.component == "platform" and r.zone == "platform"]
+    parts = sum(r.joules for r in readings if r.component == "cpu" and r.zone in _PARTS)
+    parts += sum(g.interval_joules for g in gpus)
+    if not platform or parts == 0.0:
+        return []
+    return [
+        EnergyReading("platform", "other", r.source, max(0.0, r.joules - parts), r.attributes)
+        for r in platform
+    ]
+
+
+_PARTS = frozenset({"package", "dram"})
 
 
 def _zero(values: dict[str, float]) -> None:
