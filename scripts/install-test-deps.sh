@@ -41,7 +41,7 @@ VM_MIN_VERSION="1.92"
 # Debian codenames in release order; the suites after the host's are tried in turn.
 DEBIAN_CODENAMES=(buster bullseye bookworm trixie forky duke)
 
-PEERS=(install_victoria_metrics install_prometheus install_openssl)
+PEERS=(install_victoria_metrics install_prometheus install_openssl install_openipmi)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -257,6 +257,21 @@ install_openssl() {
         return 0
     fi
     apt_install_system openssl
+}
+
+# OpenIPMI's BMC simulator ipmi_sim (package openipmi) and ipmitool, the second IPMI client
+# of the ipmi receiver's tests. Installed into the system (root only): both need shared
+# libraries of their own (libopenipmi0, libfreeipmi17, libsnmp40...). The tests start
+# ipmi_sim themselves with their own lan.conf on 127.0.0.1 and a free port; no package
+# runs ipmi_sim as a service. Side effects to know: ipmitool's ipmievd is installed
+# disabled; openipmi registers its SysV script, which loads the in-band IPMI kernel
+# modules at the next boot (a no-op without a BMC).
+install_openipmi() {
+    if command -v ipmi_sim >/dev/null && command -v ipmitool >/dev/null; then
+        log "openipmi, ipmitool: present ($(ipmitool -V 2>&1 | head -n 1))"
+        return 0
+    fi
+    apt_install_system openipmi ipmitool
 }
 
 # Packages that must be installed into the system (root only), e.g. for later issues
