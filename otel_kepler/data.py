@@ -51,6 +51,8 @@ class Workload:
     container_name: str = ""
     pod_name: str = ""
     pod_namespace: str = ""
+    #: extra labels of the container and pod (selected pod labels and annotations)
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 NO_WORKLOAD = Workload()
@@ -67,6 +69,10 @@ class ProcessSample:
     workload: Workload
     cpu_seconds: float  # cumulative user+system CPU time
     cpu_delta: float  # CPU seconds used during this interval
+    #: hardware counters during this interval, where the usage receiver reads them (eBPF)
+    cycles: int = 0
+    instructions: int = 0
+    cache_misses: int = 0
 
 
 @dataclass(slots=True)

@@ -265,6 +265,7 @@ class AttributionProcessor(Processor):
                 "container_name": w.container_name,
                 "runtime": w.runtime,
                 "pod_id": w.pod_id,
+                **dict(w.labels),
             }
             if self.node_name:
                 attrs["node_name"] = self.node_name
@@ -280,7 +281,12 @@ class AttributionProcessor(Processor):
             return None
         p = self._pods.get(w.pod_id)
         if p is None or p.workload is not w:
-            attrs = {"pod_id": w.pod_id, "pod_name": w.pod_name, "pod_namespace": w.pod_namespace}
+            attrs = {
+                "pod_id": w.pod_id,
+                "pod_name": w.pod_name,
+                "pod_namespace": w.pod_namespace,
+                **dict(w.labels),
+            }
             if self.node_name:
                 attrs["node_name"] = self.node_name
             if p is None:
