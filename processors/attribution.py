@@ -54,6 +54,14 @@ class AttributionConfig:
         default=500,
         metadata={"doc": "ended workloads reported per level and tick, the largest by energy"},
     )
+    split_by: Literal["cpu_time", "hardware_counters"] = field(
+        default="cpu_time",
+        metadata={
+            "doc": "cpu_time: Kepler's rule; hardware_counters: Kepler's older ratio model "
+            "(package, core and uncore by instructions, dram by cache misses), where the "
+            "usage receiver reads counters (ebpf); a tick without counters uses cpu_time"
+        },
+    )
 
     def validate(self) -> None:
         if self.max_terminated < 0:
@@ -73,6 +81,7 @@ class AttributionProcessor(Processor):
     def __init__(self, config: AttributionConfig, node_name: str = "") -> None:
         self.levels = frozenset(config.levels)
         self.max_terminated = config.max_terminated
+        self.counters = config.split_by == "hardware_counters"
         self.node_name = node_name
         self._zones: dict[tuple[str, str, str], ZoneEnergy] = {}
         self._processes: dict[int, _ProcessState] = {}
@@ -102,8 +111,8 @@ class AttributionProcessor(Processor):
             zone.idle_total_joules += zone.interval_joules - active
             active_by_zone[zone.zone] = active_by_zone.get(zone.zone, 0.0) + active
         if batch.has_usage or self._processes or gpu_shares:
-            delta = total_delta if attributable else 0.0
-            self._attribute(batch, active_by_zone, delta, gpu_shares, now_ns)
+            scale = self._scale(batch, active_by_zone, total_delta if attributable else 0.0)
+            self._attribute(batch, scale, gpu_shares, now_ns)
         if "node" in self.levels:
             batch.node_zones.extend(zones)
             batch.node_gpus.extend(gpus)
@@ -129,14 +138,12 @@ class AttributionProcessor(Processor):
     def _attribute(
         self,
         batch: Batch,
-        active: dict[str, float],
-        total_delta: float,
+        scale: dict[str, tuple[float, str]],
         gpu_shares: dict[int, list[tuple[str, float]]],
         now_ns: int,
     ) -> None:
         interval = batch.interval_s
         inv_interval = 1.0 / interval if interval > 0 else 0.0
-        scale = {z: (a / total_delta if total_delta > 0 else 0.0) for z, a in active.items()}
         for table in (self._containers, self._pods):
             for w in table.values():
                 w.state = TERMINATED  # until a live process says otherwise
@@ -168,10 +175,35 @@ class AttributionProcessor(Processor):
         self._emit_level("container", self._containers, out)
         self._emit_level("pod", self._pods, out)
 
+    def _scale(
+        self, batch: Batch, active: dict[str, float], total_delta: float
+    ) -> dict[str, tuple[float, str]]:
+        """Per zone: joules per unit of the process measure that splits it, and that measure.
+
+        The measure is ``cpu_delta``, or with ``split_by: hardware_counters`` the
+        counter Kepler's ratio model used for the zone, where the tick has any.
+        """
+        if total_delta <= 0:
+            return {zone: (0.0, _CPU) for zone in active}
+        totals = {_CPU: total_delta}
+        if self.counters:
+            for measure in (_INSTRUCTIONS, _CACHE_MISSES):
+                totals[measure] = float(
+                    sum(getattr(p, measure) for p in batch.processes.values())
+                    + sum(getattr(p, measure) for p in batch.exited)
+                )
+        scale = {}
+        for zone, joules in active.items():
+            measure = _COUNTER_FOR_ZONE.get(zone, _CPU) if self.counters else _CPU
+            if totals.get(measure, 0.0) <= 0:
+                measure = _CPU
+            scale[zone] = (joules / totals[measure], measure)
+        return scale
+
     def _account(
         self,
         sample: ProcessSample,
-        scale: dict[str, float],
+        scale: dict[str, tuple[float, str]],
         inv_interval: float,
         now_ns: int,
         terminated: list[WorkloadEnergy],
@@ -190,8 +222,8 @@ class AttributionProcessor(Processor):
         energy.cpu_seconds = sample.cpu_seconds
         delta = sample.cpu_delta
         in_workload = sample.workload is not NO_WORKLOAD
-        for zone, per_second in scale.items():
-            joules = per_second * delta
+        for zone, (per_unit, measure) in scale.items():
+            joules = per_unit * (delta if measure is _CPU else getattr(sample, measure))
             energy.joules[zone] = energy.joules.get(zone, 0.0) + joules
             energy.watts[zone] = joules * inv_interval
             if in_workload:
@@ -345,6 +377,16 @@ def platform_remainder(readings: list[EnergyReading], gpus: list[GpuEnergy]) -> 
 
 
 _PARTS = frozenset({"package", "dram"})
+
+_CPU = "cpu_delta"
+_INSTRUCTIONS = "instructions"
+_CACHE_MISSES = "cache_misses"
+_COUNTER_FOR_ZONE = {
+    "package": _INSTRUCTIONS,
+    "core": _INSTRUCTIONS,
+    "uncore": _INSTRUCTIONS,
+    "dram": _CACHE_MISSES,
+}
 
 
 def _zero(values: dict[str, float]) -> None:

@@ -237,3 +237,34 @@ def test_config_errors_name_the_path() -> None:
     with pytest.raises(ConfigError) as err:
         decode(AttributionConfig, {"max_terminated": -1}, "processors.attribution")
     assert str(err.value) == "processors.attribution.max_terminated: must be 0 or more"
+
+
+def counters_batch(t: int, samples: list[tuple[int, float, int, int]]) -> Batch:
+    """samples: (pid, cpu_delta, instructions, cache_misses)."""
+    energy = [EnergyReading("cpu", "package", "rapl", 100.0)]
+    energy.append(EnergyReading("cpu", "dram", "rapl", 10.0))
+    batch = Batch(t, 1.0, "n1", energy, 1.0)
+    batch.has_usage = True
+    for pid, delta, instructions, misses in samples:
+        batch.processes[pid] = ProcessSample(
+            pid, 1, "p", "", NO_WORKLOAD, delta * t, delta, 0, instructions, misses
+        )
+    return batch
+
+
+def test_split_by_hardware_counters() -> None:
+    """Package by instructions, dram by cache misses; cpu time where a tick has no counters."""
+    proc = AttributionProcessor(AttributionConfig(levels=["process"], split_by="hardware_counters"))
+    batch = counters_batch(1, [(1, 1.0, 3_000, 10), (2, 1.0, 1_000, 30)])
+    proc.process(batch)
+    procs = by_level(batch, "process")
+    assert procs["1"].joules == pytest.approx({"package": 75.0, "dram": 2.5})
+    assert procs["2"].joules == pytest.approx({"package": 25.0, "dram": 7.5})
+    no_counters = counters_batch(2, [(1, 3.0, 0, 0), (2, 1.0, 0, 0)])
+    proc.process(no_counters)
+    procs = by_level(no_counters, "process")
+    assert procs["1"].joules == pytest.approx({"package": 150.0, "dram": 10.0})
+    default = AttributionProcessor(AttributionConfig(levels=["process"]))
+    plain = counters_batch(1, [(1, 1.0, 3_000, 10), (2, 1.0, 1_000, 30)])
+    default.process(plain)
+    assert by_level(plain, "process")["1"].joules == pytest.approx({"package": 50.0, "dram": 5.0})
