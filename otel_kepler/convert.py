@@ -91,6 +91,8 @@ class Converter:
         self._workloads(points, batch.workloads)
         if batch.node_gpus:
             self._gpus(points, batch)
+        if batch.carbon is not None:
+            self._carbon(points, batch)
         for g in batch.gauges:
             desc = m.MetricDesc(g.name, g.unit, "gauge", g.description)
             points.add(desc, g.attributes, g.value, 0)
@@ -158,6 +160,22 @@ class Converter:
                 attrs["state"] = w.state
                 points.add(joules_desc, attrs, joules, w.start_time_ns)
                 points.add(watts_desc, attrs, w.gpu_watts.get(uuid, 0.0), 0)
+
+    def _carbon(self, points: _Points, batch: Batch) -> None:
+        """gCO2e of the node and of every workload the carbon processor reached."""
+        carbon = batch.carbon
+        assert carbon is not None
+        start = self.start_ns
+        node = self._node_attrs
+        points.add(m.CO2["node"], node, carbon.node_grams, start)
+        if carbon.embodied_grams:
+            points.add(m.NODE_EMBODIED_CO2, node, carbon.embodied_grams, start)
+        intensity = {**node, "provider": carbon.provider, "region": carbon.region}
+        points.add(m.GRID_INTENSITY, intensity, carbon.intensity, 0)
+        for w in batch.workloads:
+            if w.co2_grams is not None:
+                attrs = {**w.attributes, "state": w.state}
+                points.add(m.CO2[w.level], attrs, w.co2_grams, w.start_time_ns)
 
     def _agent(self, points: _Points, stats: AgentStats) -> None:
         start = self.start_ns

@@ -164,6 +164,18 @@ class WorkloadEnergy:
     workload: Workload = NO_WORKLOAD
     gpu_joules: dict[str, float] = field(default_factory=dict)  # GPU uuid -> total joules
     gpu_watts: dict[str, float] = field(default_factory=dict)  # GPU uuid -> last interval
+    co2_grams: float | None = None  # cumulative gCO2e, once the carbon processor ran
+
+
+@dataclass(slots=True)
+class CarbonState:
+    """What the carbon processor computed for the node, cumulative since the agent started."""
+
+    intensity: float  # gCO2e/kWh in force during this tick
+    provider: str  # which provider gave it: static, region, file, electricitymaps...
+    region: str  # the grid zone or region it applies to ("" if none)
+    node_grams: float  # operational emissions of the node (PUE applied)
+    embodied_grams: float = 0.0  # the node's embodied emissions amortised so far
 
 
 @dataclass(slots=True)
@@ -183,6 +195,8 @@ class Batch:
     node_zones: list[ZoneEnergy] = field(default_factory=list)
     node_gpus: list[GpuEnergy] = field(default_factory=list)
     workloads: list[WorkloadEnergy] = field(default_factory=list)
+    # Filled by the carbon processor:
+    carbon: CarbonState | None = None
     has_usage: bool = False  # some receiver reported processes this tick
 
     def add(self, part: Contribution) -> None:

@@ -42,10 +42,23 @@ _UNIT_WORDS = {
 }
 
 
+# Words for the unit after "/" (``g/kWh`` -> ``grams_per_kWh``), as the translation spells them.
+_PER_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "kWh": "kWh"}
+
+
+def _unit_word(unit: str, monotonic: bool) -> str:
+    if unit == "1" and not monotonic:
+        return "ratio"
+    if "/" in unit:
+        main, per = unit.split("/", 1)
+        return f"{_UNIT_WORDS.get(main, main)}_per_{_PER_WORDS.get(per, per)}"
+    return _UNIT_WORDS.get(unit, "")
+
+
 def prometheus_name(name: str, unit: str, monotonic: bool) -> str:
     """``kepler.node.cpu.joules`` (J, monotonic) -> ``kepler_node_cpu_joules_total``."""
     base = name.replace(".", "_").replace("-", "_")
-    word = "ratio" if unit == "1" and not monotonic else _UNIT_WORDS.get(unit, "")
+    word = _unit_word(unit, monotonic)
     if word and not base.endswith("_" + word):
         base = f"{base}_{word}"
     if monotonic and not base.endswith("_total"):
@@ -93,6 +106,16 @@ WORKLOAD_GPU_WATTS = {
     level: _gauge(f"kepler.{level}.gpu.watts", "W", f"GPU power attributed to the {level}")
     for level in ("process", "container", "pod")
 }
+CO2 = {
+    level: _sum(f"kepler.{level}.co2", "g", f"Emissions (gCO2e) of the {level}'s energy")
+    for level in ("node", "process", "container", "pod")
+}
+NODE_EMBODIED_CO2 = _sum(
+    "kepler.node.embodied.co2", "g", "Embodied emissions (gCO2e) of the node, amortised"
+)
+GRID_INTENSITY = _gauge(
+    "kepler.grid.carbon.intensity", "g/kWh", "Grid carbon intensity in use (gCO2e/kWh)"
+)
 PROCESS_CPU_SECONDS = _sum("kepler.process.cpu.seconds", "s", "CPU time of the process")
 
 AGENT_TICK_DURATION = _gauge("otel_kepler.agent.tick.duration", "s", "Wall time the last tick took")
@@ -123,6 +146,9 @@ ALL: tuple[MetricDesc, ...] = (
     *WORKLOAD_WATTS.values(),
     *WORKLOAD_GPU_JOULES.values(),
     *WORKLOAD_GPU_WATTS.values(),
+    *CO2.values(),
+    NODE_EMBODIED_CO2,
+    GRID_INTENSITY,
     PROCESS_CPU_SECONDS,
     AGENT_TICK_DURATION,
     AGENT_CPU_SECONDS,
