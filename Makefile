@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-deps lint typecheck bench clean
+.PHONY: run test test-deps lint typecheck bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: $(VENV)/.installed test-deps lint typecheck
 bench: $(VENV)/.installed
 	$(PY) bench/bench_tick.py
 	$(PY) bench/bench_procfs.py
+	$(PY) bench/bench_nvml.py
+
+# On a machine with an NVIDIA GPU (and PyTorch for the load): GPU energy attributed to a
+# load's PID against the NVML energy counter's delta minus idle.
+gpu-check: $(VENV)/.installed
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,4 +1,8 @@
-"""The service: a failing receiver costs its own data only; self-telemetry; OTLP settings."""
+"""The service: a failing receiver costs its own data only; self-telemetry; OTLP settings.
+
+Ticks are driven by hand, a millisecond apart, so rapl's plausibility ceiling
+(max_watts) is raised: joules added between two such ticks are not a counter jump.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ def test_a_failing_receiver_costs_its_own_data_only(
     service = service_for(
         f"""
 host: {{procfs: {procfs}, sysfs: {tree.sysfs}, node_name: n1}}
-receivers: {{rapl: {{}}, procfs: {{}}}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}, procfs: {{}}}}
 processors: {{attribution: {{}}}}
 exporters: {{otlphttp: {{metrics_endpoint: "{otlp_http_sink.metrics_url}"}}}}
 service:
@@ -87,7 +91,7 @@ def test_otlp_headers_compression_and_resource_from_config_and_environment(
     service = service_for(
         f"""
 host: {{sysfs: {tree.sysfs}, node_name: n1}}
-receivers: {{rapl: {{}}}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}}}
 processors: {{attribution: {{}}}}
 exporters:
   otlphttp:
@@ -128,7 +132,7 @@ def test_otlp_environment_fills_what_the_config_leaves_out(
     service = service_for(
         f"""
 host: {{sysfs: {tree.sysfs}}}
-receivers: {{rapl: {{}}}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}}}
 processors: {{attribution: {{}}}}
 exporters: {{otlphttp: {{}}}}
 service:
@@ -152,7 +156,7 @@ def test_secrets_are_never_logged(tmp_path: Path, otlp_http_sink: OtlpHttpSink) 
     config.write_text(
         f"""
 host: {{sysfs: {tree.sysfs}}}
-receivers: {{rapl: {{}}}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}}}
 processors: {{attribution: {{}}}}
 exporters:
   otlphttp:
@@ -189,7 +193,7 @@ def test_doctor_names_what_is_missing(tmp_path: Path) -> None:
     config.write_text(
         f"""
 host: {{sysfs: {tree.sysfs}, procfs: {tmp_path / "noproc"}}}
-receivers: {{rapl: {{}}}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}}}
 exporters: {{debug: {{}}}}
 service: {{pipelines: {{metrics: {{receivers: [rapl], exporters: [debug]}}}}}}
 """
@@ -217,7 +221,7 @@ def two_ticks_with_3_joules(tmp_path: Path, exporter: str) -> Service:
     service = service_for(
         f"""
 host: {{sysfs: {tree.sysfs}}}
-receivers: {{rapl: {{}}}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}}}
 processors: {{attribution: {{}}}}
 exporters: {{{exporter}}}
 service:
