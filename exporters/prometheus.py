@@ -83,6 +83,20 @@ def _key(sample: _Sample) -> tuple[str, frozenset[tuple[str, str]]]:
     return sample[3], frozenset(sample[4].items())
 
 
+_LABEL_NAMES: dict[str, str] = {}
+
+
+def _label(key: str) -> str:
+    """An attribute key as a Prometheus label name: ``hw.id`` -> ``hw_id``, as backends do."""
+    name = _LABEL_NAMES.get(key)
+    if name is None:
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+        if name[:1].isdigit():
+            name = "_" + name
+        _LABEL_NAMES[key] = name
+    return name
+
+
 def render(data: MetricsData) -> list[_Sample]:
     """OpenTelemetry metrics -> Prometheus samples with translated names."""
     samples: list[_Sample] = []
@@ -97,7 +111,7 @@ def render(data: MetricsData) -> list[_Sample]:
                     family = family.removesuffix("_total")
                 help_text = metric.description or metric.name
                 for p in metric.data.data_points:
-                    labels = {k: str(v) for k, v in (p.attributes or {}).items()}
+                    labels = {_label(k): str(v) for k, v in (p.attributes or {}).items()}
                     value = float(p.value)  # type: ignore[union-attr]
                     samples.append((family, kind, help_text, sample_name, labels, value))
     return samples

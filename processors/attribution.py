@@ -103,13 +103,15 @@ class AttributionProcessor(Processor):
         ratio = batch.cpu_usage_ratio
         attributable = ratio is not None and total_delta > 0.0
         active_by_zone: dict[str, float] = {}
-        for zone in zones:
+        split_source: dict[str, str] = {}  # zone -> the one source workloads get it from
+        for zone in sorted(zones, key=_source_rank):
             if zone.component != "cpu":
                 continue  # platform and gpu energy is not split by CPU time
             active = zone.interval_joules * ratio if attributable and ratio else 0.0
             zone.active_total_joules += active
             zone.idle_total_joules += zone.interval_joules - active
-            active_by_zone[zone.zone] = active_by_zone.get(zone.zone, 0.0) + active
+            if split_source.setdefault(zone.zone, zone.source) == zone.source:
+                active_by_zone[zone.zone] = active_by_zone.get(zone.zone, 0.0) + active
         if batch.has_usage or self._processes or gpu_shares:
             scale = self._scale(batch, active_by_zone, total_delta if attributable else 0.0)
             self._attribute(batch, scale, gpu_shares, now_ns)
@@ -377,6 +379,18 @@ def platform_remainder(readings: list[EnergyReading], gpus: list[GpuEnergy]) -> 
 
 
 _PARTS = frozenset({"package", "dram"})
+
+#: When two meters report the same CPU zone (rapl and amd_energy's hwmon both give the
+#: package), workloads get it from one only, the first here; the node reports both.
+SOURCE_PREFERENCE = ("rapl", "hwmon", "acpi", "ipmi", "model")
+
+
+def _source_rank(zone: ZoneEnergy) -> int:
+    try:
+        return SOURCE_PREFERENCE.index(zone.source)
+    except ValueError:
+        return len(SOURCE_PREFERENCE)
+
 
 _CPU = "cpu_delta"
 _INSTRUCTIONS = "instructions"

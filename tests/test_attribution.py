@@ -268,3 +268,21 @@ def test_split_by_hardware_counters() -> None:
     plain = counters_batch(1, [(1, 1.0, 3_000, 10), (2, 1.0, 1_000, 30)])
     default.process(plain)
     assert by_level(plain, "process")["1"].joules == pytest.approx({"package": 50.0, "dram": 5.0})
+
+
+def test_one_zone_from_two_meters_is_given_to_workloads_once() -> None:
+    """rapl and hwmon (amd_energy) both measure the package: the node shows both, once given."""
+    proc = AttributionProcessor(AttributionConfig(levels=["node", "process"]))
+    batch = Batch(1, 1.0, "n1", [], 1.0)
+    batch.energy = [
+        EnergyReading("cpu", "package", "hwmon", 80.0),
+        EnergyReading("cpu", "package", "rapl", 100.0),
+    ]
+    batch.has_usage = True
+    batch.processes[1] = ProcessSample(1, 1, "p", "", NO_WORKLOAD, 1.0, 1.0)
+    proc.process(batch)
+    assert by_level(batch, "process")["1"].joules == {"package": 100.0}
+    assert sorted((z.source, z.total_joules) for z in batch.node_zones) == [
+        ("hwmon", 80.0),
+        ("rapl", 100.0),
+    ]

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_kepler.convert import AgentStats, Converter
-from otel_kepler.data import Batch, EnergyReading, ProcessSample, Workload
+from otel_kepler.data import Batch, EnergyReading, GaugeValue, ProcessSample, Workload
 from otel_kepler.exporters.prometheus import PrometheusConfig, PrometheusExporter
 from otel_kepler.metrics import ALL, prometheus_name
 from otel_kepler.processors.attribution import AttributionConfig, AttributionProcessor
@@ -148,3 +148,14 @@ def test_listen_error_names_the_endpoint(exporter: PrometheusExporter) -> None:
     with pytest.raises(Exception) as err:
         taken.start()
     assert str(err.value) == (f"cannot listen on 127.0.0.1:{exporter.port}: Address already in use")
+
+
+def test_attribute_keys_become_valid_label_names(exporter: PrometheusExporter) -> None:
+    batch = Batch(10**9, 1.0, "n1")
+    batch.gauges.append(
+        GaugeValue("hw.temperature", "Cel", "t", 41.0, {"hw.id": "coretemp-0/temp1"})
+    )
+    exporter.export(Converter(build_resource("n1"), 1, "n1").convert(batch), "metrics")
+    samples = scrape(exporter)
+    key = ("hw_temperature_celsius", frozenset({"hw_id": "coretemp-0/temp1"}.items()))
+    assert samples[key] == 41.0
