@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_tick.py
 	$(PY) bench/bench_procfs.py
 	$(PY) bench/bench_nvml.py
+	$(PY) bench/bench_hwmon.py
 
 # On a machine with an NVIDIA GPU (and PyTorch for the load): GPU energy attributed to a
 # load's PID against the NVML energy counter's delta minus idle.
