@@ -38,7 +38,7 @@ _UNIT_WORDS = {
     "V": "volts",
     "A": "amperes",
     "Hz": "hertz",
-    "{rpm}": "",
+    "1": "",
 }
 
 
@@ -52,7 +52,9 @@ def _unit_word(unit: str, monotonic: bool) -> str:
     if "/" in unit:
         main, per = unit.split("/", 1)
         return f"{_UNIT_WORDS.get(main, main)}_per_{_PER_WORDS.get(per, per)}"
-    return _UNIT_WORDS.get(unit, "")
+    if unit.startswith("{") or not unit:  # an annotation such as {batch}: no suffix
+        return ""
+    return _UNIT_WORDS.get(unit, "".join(c if c.isalnum() else "_" for c in unit))
 
 
 def prometheus_name(name: str, unit: str, monotonic: bool) -> str:
