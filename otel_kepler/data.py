@@ -103,6 +103,7 @@ class Contribution:
 
     energy: list[EnergyReading] = field(default_factory=list)
     cpu_usage_ratio: float | None = None
+    node_cpu_seconds: float | None = None  # busy CPU seconds of the whole node this interval
     processes: dict[int, ProcessSample] | None = None
     exited: list[ProcessSample] = field(default_factory=list)
     gauges: list[GaugeValue] = field(default_factory=list)
@@ -187,6 +188,7 @@ class Batch:
     node_name: str
     energy: list[EnergyReading] = field(default_factory=list)
     cpu_usage_ratio: float | None = None
+    node_cpu_seconds: float | None = None
     processes: dict[int, ProcessSample] = field(default_factory=dict)
     exited: list[ProcessSample] = field(default_factory=list)
     gauges: list[GaugeValue] = field(default_factory=list)
@@ -203,6 +205,8 @@ class Batch:
         self.energy.extend(part.energy)
         if part.cpu_usage_ratio is not None:
             self.cpu_usage_ratio = part.cpu_usage_ratio
+        if part.node_cpu_seconds is not None:
+            self.node_cpu_seconds = part.node_cpu_seconds
         if part.processes is not None:
             self.has_usage = True
             self.processes.update(part.processes)

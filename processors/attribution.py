@@ -54,6 +54,14 @@ class AttributionConfig:
         default=500,
         metadata={"doc": "ended workloads reported per level and tick, the largest by energy"},
     )
+    share_of: Literal["processes", "node"] = field(
+        default="processes",
+        metadata={
+            "doc": "processes: a process's share is its CPU time over all processes' (Kepler); "
+            "node: over the node's busy CPU time from /proc/stat, for a sidecar that sees "
+            "only its own pod (the rest of the node's active energy is then not given out)"
+        },
+    )
     split_by: Literal["cpu_time", "hardware_counters"] = field(
         default="cpu_time",
         metadata={
@@ -82,6 +90,7 @@ class AttributionProcessor(Processor):
         self.levels = frozenset(config.levels)
         self.max_terminated = config.max_terminated
         self.counters = config.split_by == "hardware_counters"
+        self.share_of_node = config.share_of == "node"
         self.node_name = node_name
         self._zones: dict[tuple[str, str, str], ZoneEnergy] = {}
         self._processes: dict[int, _ProcessState] = {}
@@ -100,6 +109,8 @@ class AttributionProcessor(Processor):
         zones = self._node_zones(readings, interval)
         total_delta = sum(p.cpu_delta for p in batch.processes.values())
         total_delta += sum(p.cpu_delta for p in batch.exited)
+        if self.share_of_node and batch.node_cpu_seconds is not None:
+            total_delta = max(total_delta, batch.node_cpu_seconds)
         ratio = batch.cpu_usage_ratio
         attributable = ratio is not None and total_delta > 0.0
         active_by_zone: dict[str, float] = {}
@@ -221,6 +232,7 @@ class AttributionProcessor(Processor):
             self._processes[sample.pid] = state
         state.seen = self._tick
         energy = state.energy
+        energy.workload = sample.workload  # names may arrive later (k8sattributes)
         energy.cpu_seconds = sample.cpu_seconds
         delta = sample.cpu_delta
         in_workload = sample.workload is not NO_WORKLOAD

@@ -286,3 +286,17 @@ def test_one_zone_from_two_meters_is_given_to_workloads_once() -> None:
         ("hwmon", 80.0),
         ("rapl", 100.0),
     ]
+
+
+def test_share_of_node_divides_by_the_node_busy_time() -> None:
+    """A sidecar sees only its pod: its share is of the node's busy CPU time, not of all."""
+    proc = AttributionProcessor(AttributionConfig(levels=["pod"], share_of="node"))
+    batch = Batch(1, 1.0, "n1", [EnergyReading("cpu", "package", "rapl", 100.0)], 1.0)
+    batch.has_usage = True
+    batch.node_cpu_seconds = 4.0  # the whole node was busy 4 CPU seconds
+    batch.processes[1] = ProcessSample(1, 1, "app", "", CTR_A1, 1.0, 1.0)
+    proc.process(batch)
+    assert by_level(batch, "pod")[POD_A].joules == pytest.approx({"package": 25.0})
+    default = AttributionProcessor(AttributionConfig(levels=["pod"]))
+    default.process(batch)
+    assert by_level(batch, "pod")[POD_A].joules == pytest.approx({"package": 100.0})

@@ -596,3 +596,15 @@ def test_sample_type() -> None:
     assert processes is not None
     assert all(isinstance(s, ProcessSample) and s.pid == pid for pid, s in processes.items())
     assert procfs.__doc__ is not None
+
+
+def test_node_busy_cpu_seconds_from_proc_stat(tmp_path: Path) -> None:
+    from otel_kepler.receivers.procfs.stat import UsageRatio
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\n")
+    usage = UsageRatio(str(tmp_path))
+    assert usage.update() is None and usage.busy_seconds is None
+    stat.write_text(f"cpu  {100 + 3 * HZ} 0 {100 + HZ} {800 + 4 * HZ} 0 0 0 0 0 0\n")
+    assert usage.update() == pytest.approx(0.5)
+    assert usage.busy_seconds == pytest.approx(4.0)

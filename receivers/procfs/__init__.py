@@ -75,6 +75,7 @@ class ProcfsReceiver(Receiver):
             processes=processes,
             exited=_exited(previous, processes),
             cpu_usage_ratio=ratio,
+            node_cpu_seconds=self._ratio.busy_seconds,
         )
 
     def shutdown(self) -> None:

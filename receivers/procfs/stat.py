@@ -43,6 +43,9 @@ class UsageRatio:
     def __init__(self, procfs: str) -> None:
         self.path = os.path.join(procfs, "stat")
         self._prev: tuple[int, int] | None = None
+        self._tick = os.sysconf("SC_CLK_TCK")
+        #: busy CPU seconds of the whole node in the last interval (None before two reads)
+        self.busy_seconds: float | None = None
 
     def update(self) -> float | None:
         """The busy ratio since the previous call, in [0, 1]; None on the first call."""
@@ -51,7 +54,8 @@ class UsageRatio:
         if prev is None:
             return None
         d_total = total - prev[1]
+        d_busy = busy - prev[0]
+        self.busy_seconds = max(d_busy, 0) / self._tick
         if d_total <= 0:
             return 0.0
-        d_busy = busy - prev[0]
         return min(max(d_busy / d_total, 0.0), 1.0)
