@@ -182,12 +182,12 @@ service:
         agent = Agent(config).start()
         try:
             prom: Prometheus = prometheus_factory([f"127.0.0.1:{port}"], scrape_interval="1s")  # type: ignore[operator]
-            began = time.monotonic()
             # Prometheus scraped the pull endpoint (its first scrape comes ~5 s after start).
-            scraped = prom.wait_for('kepler_node_cpu_joules_total{zone="package"}', timeout=30)
+            scraped = prom.wait_for('kepler_node_cpu_joules_total{zone="package"}', timeout=60)
             assert float(scraped[0]["value"][1]) > 0
-            assert prom.wait_for(f'kepler_process_cpu_joules_total{{pid="{full}"}}')
-            time.sleep(max(0.0, 6.5 - (time.monotonic() - began)))
+            assert prom.wait_for(f'kepler_process_cpu_joules_total{{pid="{full}"}}', timeout=30)
+            # At least 6 ticks pushed (a loaded machine starts the agent slowly).
+            otlp_grpc_sink.wait_for_requests(6, timeout=40)
             seconds, code, out, err = agent.stop()
         finally:
             agent.kill()
