@@ -179,14 +179,15 @@ class Converter:
 
     def _agent(self, points: _Points, stats: AgentStats) -> None:
         start = self.start_ns
-        points.add(m.AGENT_TICK_DURATION, {}, stats.tick_seconds, 0)
-        points.add(m.AGENT_CPU_SECONDS, {}, stats.cpu_seconds, start)
-        points.add(m.AGENT_RSS, {}, stats.rss_bytes, 0)
+        node = self._node_attrs
+        points.add(m.AGENT_TICK_DURATION, node, stats.tick_seconds, 0)
+        points.add(m.AGENT_CPU_SECONDS, node, stats.cpu_seconds, start)
+        points.add(m.AGENT_RSS, node, stats.rss_bytes, 0)
         for name, count in stats.dropped.items():
-            points.add(m.AGENT_DROPPED, {"exporter": name}, count, start)
+            points.add(m.AGENT_DROPPED, {**node, "exporter": name}, count, start)
         for name, count in stats.failed.items():
-            points.add(m.AGENT_EXPORT_FAILURES, {"exporter": name}, count, start)
+            points.add(m.AGENT_EXPORT_FAILURES, {**node, "exporter": name}, count, start)
         for name, count in stats.receiver_errors.items():
-            points.add(m.AGENT_RECEIVER_ERRORS, {"receiver": name}, count, start)
+            points.add(m.AGENT_RECEIVER_ERRORS, {**node, "receiver": name}, count, start)
         for name, count in stats.rejected.items():
-            points.add(m.AGENT_REJECTED_READINGS, {"receiver": name}, count, start)
+            points.add(m.AGENT_REJECTED_READINGS, {**node, "receiver": name}, count, start)

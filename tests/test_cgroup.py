@@ -255,3 +255,18 @@ def test_systemd_and_cgroupfs_give_the_same_pod_id() -> None:
     cgroupfs = parse_cgroup(f"0::/kubepods/besteffort/pod{UID}/{ID}\n")
     assert systemd.pod_id == cgroupfs.pod_id == UID
     assert "_" not in systemd.pod_id
+
+
+def test_paths_relative_to_the_agents_own_cgroup_namespace() -> None:
+    """A DaemonSet in a private cgroup namespace reads host pids' paths as /../../..."""
+    container = "ab" * 32
+    text = (
+        "0::/../../kubepods-besteffort-pod1f2e3d4c_0000_4000_8000_00000000000a.slice/"
+        f"cri-containerd-{container}.scope\n"
+    )
+    workload = parse_cgroup(text)
+    assert (workload.container_id, workload.runtime, workload.pod_id) == (
+        container,
+        "containerd",
+        "1f2e3d4c-0000-4000-8000-00000000000a",
+    )
