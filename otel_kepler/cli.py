@@ -1,4 +1,4 @@
-"""The ``otel-kepler`` command: run, validate, components, schema, doctor."""
+"""The ``otel-kepler`` command: run, validate, components, schema, doctor, record, train."""
 
 from __future__ import annotations
 
@@ -59,7 +59,39 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="which receivers work on this host, and what is missing")
     doc.add_argument("--config", help="read host paths (procfs, sysfs) from this config")
     doc.set_defaults(func=cmd_doctor)
+    _add_model_commands(sub)
     return p
+
+
+def _add_model_commands(sub: Any) -> None:
+    rec = sub.add_parser(
+        "record", help="run the pipeline on a metered node; write features and measured power"
+    )
+    rec.add_argument("--config", required=True, help="pipeline YAML file (with real meters)")
+    rec.add_argument("--out", required=True, help="data file: .csv, else JSON lines")
+    rec.add_argument("--duration", type=_duration, help="stop after this long (e.g. 1h)")
+    rec.set_defaults(func=cmd_record)
+    tr = sub.add_parser("train", help="fit a regression power model on recorded data")
+    tr.add_argument("--data", required=True, nargs="+", help="files written by record")
+    tr.add_argument("--out", required=True, help="the model file to write (JSON)")
+    tr.add_argument("--target", default="package", choices=["package", "dram", "platform"])
+    tr.add_argument(
+        "--method",
+        default="linear",
+        choices=["linear", "gbm"],
+        help="linear: numpy least squares; gbm: gradient boosting (needs scikit-learn)",
+    )
+    tr.add_argument("--non-negative", action="store_true", help="linear: weights >= 0")
+    tr.add_argument("--degree", type=int, default=2, help="linear: products of up to N features")
+    tr.add_argument("--features", help="comma-separated features (default: all recorded)")
+    tr.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="predict power above idle (idle measured from the data, or --idle-watts)",
+    )
+    tr.add_argument("--idle-watts", type=float, help="with --dynamic: the idle power")
+    tr.add_argument("--name", default="", help="the model's name (default: TARGET-METHOD)")
+    tr.set_defaults(func=cmd_train)
 
 
 def _duration(text: str) -> float:
@@ -144,6 +176,54 @@ def cmd_doctor(args: argparse.Namespace, registry: Registry) -> int:
             continue
         mark = "yes" if result.available else "no"
         print(f"  {ctype:<12} {mark:<4} {result.detail}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace, registry: Registry) -> int:
+    import threading
+
+    from otel_kepler.training import record
+
+    config = load_file(args.config, registry)
+    _apply_log_level(config, args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rows = record(config, args.out, args.duration, stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(f"{args.out}: {rows} rows")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
+    from otel_kepler.receivers.power_models.regression import save
+    from otel_kepler.training import TrainingError, TrainOptions, report, train
+
+    options = TrainOptions(
+        target=args.target,
+        method=args.method,
+        non_negative=args.non_negative,
+        degree=args.degree,
+        features=args.features.split(",") if args.features else None,
+        kind="dynamic" if args.dynamic else "absolute",
+        idle_watts=args.idle_watts,
+        name=args.name,
+    )
+    try:
+        result = train(args.data, options)
+    except TrainingError as err:
+        print(f"otel-kepler: train: {err}", file=sys.stderr)
+        return 1
+    save(result.model, args.out)
+    print(report(result))
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -1,31 +1,55 @@
-"""The ``estimator`` receiver: modelled CPU energy for hosts without a meter (VMs).
+"""The ``estimator`` receiver: modelled energy for hosts without a meter (VMs, non-root).
 
-Where RAPL is absent, Kepler reports nothing. This receiver reports an
-estimate instead, from the node's CPU usage ratio (``/proc/stat``, the same
-ratio attribution uses) and a linear power curve::
+Where RAPL is absent, Kepler reports nothing. This receiver reports an estimate
+instead, from per-tick features of the node, with one of three models:
 
-    P = idle_watts + (max_watts - idle_watts) * ratio
-    E = P * (seconds between two collects, time.monotonic)
+``linear`` (the default)
+    ``P = idle_watts + (max_watts - idle_watts) * ratio`` over the node's CPU usage
+    ratio (``/proc/stat``, the same ratio attribution uses).
+``curve``
+    SPECpower_ssj2008's 11 published points (active idle, 10% ... 100%), interpolated
+    at the usage ratio: a shipped result matched to this host's CPU, the user's own
+    points, or the table's median curve scaled to the CPU's TDP (see
+    :mod:`otel_kepler.receivers.power_models.curve`).
+``regression``
+    A model file trained with ``otel-kepler train`` on a node with a real meter
+    (see :mod:`otel_kepler.receivers.power_models.regression`).
 
-The readings carry ``source="model"`` and ``model="linear"`` so that nobody
-mistakes them for a measurement.
+Energy is the modelled power times the seconds between two collects
+(time.monotonic). The readings carry ``source="model"`` and a ``model`` attribute
+(``linear``, ``curve``, ``regression``; curve and regression add ``model_name``)
+so that nobody mistakes them for a measurement.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
-from otel_kepler.data import Contribution, EnergyReading
-from otel_kepler.receivers.procfs.stat import StatError, UsageRatio, read_cpu_times
+from otel_kepler.data import Component, Contribution, EnergyReading, ProcessSample
+from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
+from otel_kepler.receivers.power_models import curve, regression
+from otel_kepler.receivers.power_models.features import COUNTER_FEATURES, FeatureReader
+from otel_kepler.receivers.procfs.stat import StatError, read_cpu_times
 from otel_kepler.schema import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Default power per logical CPU (vCPU) at 0% and 100% usage, in watts.
 IDLE_WATTS_PER_CPU = 0.74
 MAX_WATTS_PER_CPU = 3.5
+
+#: where each output zone is reported: (component, zone)
+OUTPUT: dict[str, tuple[Component, str]] = {
+    "package": ("cpu", "package"),
+    "dram": ("cpu", "dram"),
+    "platform": ("platform", "platform"),
+}
 
 
 def cpu_count() -> int:
@@ -41,28 +65,112 @@ def default_max_watts() -> float:
 
 
 @dataclass
-class EstimatorConfig:
-    """Modelled CPU power from /proc/stat usage: idle + (max - idle) * usage ratio.
+class CurveConfig:
+    """SPECpower_ssj2008 curve: watts at active idle and 10% ... 100% load."""
 
-    Left unset, idle_watts = 0.74 W and max_watts = 3.5 W per logical CPU
-    (``os.cpu_count()``). These are the average per-vCPU figures of the
-    Cloud Carbon Footprint methodology for AWS, taken from SPECpower_ssj2008
-    results of the server CPUs clouds run: the power of a VM's share of a
-    server at 0% and 100% load. They are consistent with server TDPs: 3.5 W
-    per hyperthread is 7 W per core, e.g. a 40-core 270 W Xeon or a 64-core
-    280 W EPYC is 4.4 to 7 W per core at full load. Being whole-server
-    figures they slightly overstate the package alone; set both values when
-    the hardware is known (e.g. idle from the vendor's power data, max from TDP
-    divided by the cores this host gets).
+    points: list[float] = field(
+        default_factory=list,
+        metadata={
+            "doc": "your own 11 watts values (active idle, 10% ... 100%); empty: the "
+            "shipped result matching this host's CPU model and sockets"
+        },
+    )
+    result: str = field(
+        default="",
+        metadata={"doc": "use this shipped result (power_ssj2008-YYYYMMDD-NNNNN) whatever the CPU"},
+    )
+    tdp_watts: float | None = field(
+        default=None,
+        metadata={
+            "doc": "TDP per socket for an unmatched host; default: RAPL's package constraint "
+            "where /sys shows it, else 3.5 W per logical CPU at full load"
+        },
+    )
+    share: float = field(
+        default=1.0,
+        metadata={"doc": "the part of the server this host is (a VM: its share of the cores)"},
+    )
+    zone: Literal["package", "platform"] = field(
+        default="package",
+        metadata={
+            "doc": "report as the CPU package (split over workloads by attribution) or as "
+            "node platform power (SPECpower measures the whole server at the wall)"
+        },
+    )
+
+    def validate(self) -> None:
+        if self.points:
+            try:
+                curve.check_points(self.points)
+            except curve.CurveError as err:
+                raise ConfigError("points", str(err)) from None
+            if self.result:
+                raise ConfigError("result", "give points or result, not both")
+        if not 0 < self.share <= 1:
+            raise ConfigError("share", f"must be above 0 and at most 1, got {self.share:g}")
+        if self.tdp_watts is not None and self.tdp_watts <= 0:
+            raise ConfigError("tdp_watts", f"must be greater than 0, got {self.tdp_watts:g}")
+
+
+@dataclass
+class RegressionConfig:
+    """A model file from ``otel-kepler train``."""
+
+    file: str = field(default="", metadata={"doc": "the model file (JSON)"})
+    idle_watts: float | None = field(
+        default=None,
+        metadata={
+            "doc": "dynamic models: the idle power to add, instead of the one measured when "
+            "the model was trained"
+        },
+    )
+    counters: Literal["none", "ebpf"] = field(
+        default="none",
+        metadata={
+            "doc": "ebpf: read cycles, instructions and cache misses through an embedded ebpf "
+            "receiver (which then also reports the processes: list no other usage receiver)"
+        },
+    )
+    ebpf: EbpfConfig = field(
+        default_factory=EbpfConfig,
+        metadata={"doc": "the embedded ebpf receiver's settings, with counters: ebpf"},
+    )
+
+    def validate(self) -> None:
+        if self.idle_watts is not None and self.idle_watts < 0:
+            raise ConfigError("idle_watts", f"must be 0 or more, got {self.idle_watts:g}")
+
+
+@dataclass
+class EstimatorConfig:
+    """Modelled power from node features: linear (the default), curve or regression.
+
+    linear: idle + (max - idle) * usage ratio. Left unset, idle_watts = 0.74 W and
+    max_watts = 3.5 W per logical CPU (``os.cpu_count()``). These are the average
+    per-vCPU figures of the Cloud Carbon Footprint methodology for AWS, taken from
+    SPECpower_ssj2008 results of the server CPUs clouds run: the power of a VM's
+    share of a server at 0% and 100% load. They are consistent with server TDPs:
+    3.5 W per hyperthread is 7 W per core, e.g. a 40-core 270 W Xeon or a 64-core
+    280 W EPYC is 4.4 to 7 W per core at full load. Being whole-server figures they
+    slightly overstate the package alone; set both values when the hardware is known.
     """
 
     idle_watts: float | None = field(
         default=None,
-        metadata={"doc": "power at 0% CPU usage; default 0.74 W per logical CPU"},
+        metadata={"doc": "linear: power at 0% CPU usage; default 0.74 W per logical CPU"},
     )
     max_watts: float | None = field(
         default=None,
-        metadata={"doc": "power at 100% CPU usage; default 3.5 W per logical CPU"},
+        metadata={"doc": "linear: power at 100% CPU usage; default 3.5 W per logical CPU"},
+    )
+    model: Literal["linear", "curve", "regression"] = field(
+        default="linear", metadata={"doc": "which model estimates the power"}
+    )
+    curve: CurveConfig = field(
+        default_factory=CurveConfig, metadata={"doc": "the curve model's settings"}
+    )
+    regression: RegressionConfig = field(
+        default_factory=RegressionConfig, metadata={"doc": "the regression model's settings"}
     )
 
     def resolved(self) -> tuple[float, float]:
@@ -72,6 +180,18 @@ class EstimatorConfig:
         return idle, peak
 
     def validate(self) -> None:
+        if self.model != "linear":
+            for key in ("idle_watts", "max_watts"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        key, f"is a setting of model: linear, not of model: {self.model}"
+                    )
+            if self.model == "regression" and not self.regression.file:
+                raise ConfigError("regression.file", "is required with model: regression")
+            return
+        self._validate_linear()
+
+    def _validate_linear(self) -> None:
         idle, peak = self.resolved()
         if idle < 0:
             raise ConfigError("idle_watts", f"must be 0 or more, got {idle:g}")
@@ -89,8 +209,152 @@ class EstimatorConfig:
         )
 
 
+# -- the models -------------------------------------------------------------------------
+
+
+class PowerModel(Protocol):
+    """What the receiver needs of a model: its inputs, its output zone, and watts."""
+
+    @property
+    def features(self) -> tuple[str, ...]: ...
+
+    @property
+    def output(self) -> str:
+        """package, dram or platform"""
+        ...
+
+    @property
+    def attributes(self) -> dict[str, str]: ...
+
+    def watts(self, features: Mapping[str, float]) -> float: ...
+
+
+@dataclass
+class LinearModel:
+    idle_watts: float
+    max_watts: float
+    features: tuple[str, ...] = ("cpu_usage_ratio",)
+    output: str = "package"
+    attributes: dict[str, str] = field(default_factory=lambda: {"model": "linear"})
+
+    def watts(self, features: Mapping[str, float]) -> float:
+        ratio = features["cpu_usage_ratio"]
+        return self.idle_watts + (self.max_watts - self.idle_watts) * ratio
+
+
+@dataclass
+class CurveModel:
+    points: tuple[float, ...]
+    name: str  # the result id, "config" or "tdp"
+    output: str = "package"
+    features: tuple[str, ...] = ("cpu_usage_ratio",)
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {"model": "curve", "model_name": self.name}
+
+    def watts(self, features: Mapping[str, float]) -> float:
+        return curve.interpolate(self.points, features["cpu_usage_ratio"])
+
+
+@dataclass
+class RegressionModel:
+    model: regression.PowerModel
+    idle_watts: float | None = None  # configured idle for dynamic models
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.model.features
+
+    @property
+    def output(self) -> str:
+        return self.model.zone
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {"model": "regression", "model_name": self.model.name}
+
+    def watts(self, features: Mapping[str, float]) -> float:
+        return self.model.predict_features(features, self.idle_watts)
+
+
+# -- building the curve ---------------------------------------------------------------
+
+
+def build_curve(config: CurveConfig, host: HostSettings) -> CurveModel:
+    """The curve for this host: configured points, a matched result, or the TDP fallback."""
+    if config.points:
+        return _scaled(tuple(config.points), "config", config)
+    table = curve.load_table()
+    if config.result:
+        for result in table:
+            if result.id == config.result:
+                return _scaled(result.watts, result.id, config)
+        raise ComponentError(f'curve.result: no shipped result "{config.result}"')
+    info = curve.read_cpuinfo(os.path.join(host.procfs, "cpuinfo"))
+    row = curve.find(table, info.model_name, info.sockets)
+    if row is not None:
+        log.info(
+            "estimator: curve of SPECpower_ssj2008 result %s (%s, %d x %s) for %r: "
+            "%g W idle, %g W at full load",
+            row.id, row.system, row.sockets, row.cpu, info.model_name, row.watts[0], row.watts[-1],
+        )  # fmt: skip
+        return _scaled(row.watts, row.id, config)
+    peak, how = fallback_peak(config, host, info)
+    shape = curve.median_shape(table)
+    log.warning(
+        "estimator: no SPECpower_ssj2008 result in the table for %r with %d socket(s); using "
+        "the median curve of its %d results scaled to %.1f W at full load (%s)",
+        info.model_name, info.sockets, len(table), peak, how,
+    )  # fmt: skip
+    return _scaled(curve.scaled_curve(shape, peak), "tdp", config)
+
+
+def _scaled(points: tuple[float, ...], name: str, config: CurveConfig) -> CurveModel:
+    return CurveModel(tuple(p * config.share for p in points), name, config.zone)
+
+
+def fallback_peak(
+    config: CurveConfig, host: HostSettings, info: curve.CpuInfo
+) -> tuple[float, str]:
+    """Full-load watts of an unmatched host: TDP for this host's cores, and how it was found."""
+    tdp, where = config.tdp_watts, "configured"
+    if tdp is None:
+        tdp = rapl_tdp_watts(host.sysfs)
+        where = "RAPL package constraint"
+    logical = info.logical_cpus or cpu_count()
+    if tdp is None:
+        return MAX_WATTS_PER_CPU * logical, f"no TDP known: {MAX_WATTS_PER_CPU} W x {logical} CPUs"
+    if info.cores_per_socket <= 0:
+        peak = tdp * info.sockets
+        return peak, f"{where} TDP {tdp:g} W x {info.sockets} socket(s)"
+    threads = max(1, info.siblings // info.cores_per_socket) if info.siblings else 1
+    cores = logical / threads
+    peak = tdp * cores / info.cores_per_socket
+    return peak, (
+        f"{where} TDP {tdp:g} W per {info.cores_per_socket}-core socket x {cores:g} cores here"
+    )
+
+
+def rapl_tdp_watts(sysfs: str) -> float | None:
+    """Package-0's long-term power limit (the TDP) from powercap, readable without root."""
+    zone = os.path.join(sysfs, "class", "powercap", "intel-rapl:0")
+    for name in ("constraint_0_max_power_uw", "constraint_0_power_limit_uw"):
+        try:
+            with open(os.path.join(zone, name), encoding="ascii") as file:
+                value = int(file.read())
+        except (OSError, ValueError):
+            continue
+        if value > 0:
+            return value / 1e6
+    return None
+
+
+# -- the receiver ---------------------------------------------------------------------
+
+
 class EstimatorReceiver(Receiver):
-    """Integrates the linear power model over the real interval between collects."""
+    """Integrates the configured model over the real interval between collects."""
 
     def __init__(
         self,
@@ -98,40 +362,97 @@ class EstimatorReceiver(Receiver):
         config: EstimatorConfig,
         host: HostSettings,
         clock: Callable[[], float] = time.monotonic,
+        usage: Receiver | None = None,
     ) -> None:
         self.name = name
+        self.config = config
+        self.host = host
         self.idle_watts, self.max_watts = config.resolved()
-        self._usage = UsageRatio(host.procfs)
-        self.stat_path = self._usage.path
-        self._clock = clock
-        self._last_read: float | None = None
+        needs_counters = config.model == "regression" and config.regression.counters == "ebpf"
+        if usage is None and needs_counters:
+            usage = EbpfReceiver(f"{name}/ebpf", config.regression.ebpf, host)
+        self._usage = usage
+        self._reader = FeatureReader(host.procfs, host.sysfs, clock=clock)
+        self.stat_path = self._reader.stat_path
+        self.model: PowerModel = LinearModel(self.idle_watts, self.max_watts)
 
     def start(self) -> None:
         try:
             read_cpu_times(self.stat_path)
         except StatError as err:
             raise ComponentError(str(err)) from None
+        if self.config.model == "curve":
+            self.model = build_curve(self.config.curve, self.host)
+        elif self.config.model == "regression":
+            self.model = self._start_regression()
+        self._reader.read_frequency = "cpu_frequency_ghz" in self.model.features
+
+    def _start_regression(self) -> RegressionModel:
+        settings = self.config.regression
+        try:
+            loaded = regression.load(settings.file)
+        except regression.ModelFileError as err:
+            raise ComponentError(str(err)) from None
+        if self._usage is not None:
+            self._usage.start()
+            self._reader.counters_off = counters_off(self._usage)
+        missing = self._reader.missing(loaded.features)
+        if missing:
+            if self._usage is not None:
+                self._usage.shutdown()
+            raise ComponentError(
+                f"model {loaded.name!r} ({settings.file}) needs features this host does not "
+                f"provide: {'; '.join(str(m) for m in missing)}"
+            )
+        log.info(
+            "%s: regression model %r: %s power (%s) of %s",
+            self.name, loaded.name, loaded.zone, loaded.kind, ", ".join(loaded.features),
+        )  # fmt: skip
+        return RegressionModel(loaded, settings.idle_watts)
 
     def watts(self, ratio: float) -> float:
-        return self.idle_watts + (self.max_watts - self.idle_watts) * ratio
+        """The model's power at this usage ratio (the other features as last seen: none)."""
+        return self.model.watts({"cpu_usage_ratio": ratio})
 
     def collect(self) -> Contribution:
+        part = self._usage.collect() if self._usage is not None else Contribution()
+        samples: Iterable[ProcessSample] = ()
+        if part.processes is not None:
+            samples = [*part.processes.values(), *part.exited]
         try:
-            ratio = self._usage.update()
+            features = self._reader.sample(samples)
         except StatError as err:
             raise ComponentError(str(err)) from None
-        now = self._clock()  # taken with the read, so both describe the same interval
-        previous, self._last_read = self._last_read, now
-        if ratio is None or previous is None:
-            return Contribution()  # the first collect primes
-        reading = EnergyReading(
-            component="cpu",
-            zone="package",
-            source="model",
-            joules=self.watts(ratio) * (now - previous),
-            attributes={"model": "linear"},
+        if features is None:
+            return part  # the first collect primes
+        component, zone = OUTPUT[self.model.output]
+        part.energy.append(
+            EnergyReading(
+                component=component,
+                zone=zone,
+                source="model",
+                joules=self.model.watts(features) * self._reader.elapsed,
+                attributes=self.model.attributes,
+            )
         )
-        return Contribution(energy=[reading], cpu_usage_ratio=ratio)
+        if part.cpu_usage_ratio is None:
+            part.cpu_usage_ratio = features["cpu_usage_ratio"]
+        return part
+
+    def shutdown(self) -> None:
+        if self._usage is not None:
+            self._usage.shutdown()
+
+
+def counters_off(usage: Receiver) -> str | None:
+    """Why the embedded usage receiver reads no hardware counters; None if it does."""
+    if not isinstance(usage, EbpfReceiver):
+        return getattr(usage, "counters_off", None)
+    if usage.using_fallback:
+        return "the ebpf receiver could not load and reads /proc instead"
+    if not usage.config.hardware_counters:
+        return "hardware_counters is off in regression.ebpf"
+    return usage.counters_off
 
 
 def doctor(host: HostSettings) -> Availability:
@@ -154,8 +475,19 @@ def _create(name: str, config: EstimatorConfig, host: HostSettings) -> Estimator
 
 factory: Factory[EstimatorConfig, Receiver] = Factory(
     type="estimator",
-    description="modelled CPU energy from /proc/stat usage, for hosts without RAPL (VMs)",
+    description="modelled energy (linear, SPECpower curve or a trained regression model) "
+    "for hosts without RAPL (VMs)",
     config_class=EstimatorConfig,
     create=_create,
     doctor=doctor,
 )
+
+__all__ = [
+    "COUNTER_FEATURES",
+    "CurveConfig",
+    "EstimatorConfig",
+    "EstimatorReceiver",
+    "RegressionConfig",
+    "doctor",
+    "factory",
+]

@@ -1,0 +1,244 @@
+"""ebpf receiver: per-process on-CPU time (and hardware counters) from the scheduler.
+
+A bcc program on ``sched:sched_switch`` charges every slice of CPU time to the thread
+group that ran it, with its cgroup id; exits and execs are recorded too (see
+:mod:`.program`). Once a tick the agent flips the program to its spare maps and drains
+the others, so the tick's cost follows the processes that ran, not those alive, and
+a process that ran and ended between two ticks still brings its time (``exited``, with
+its ``cpu_delta``).
+
+It emits what the ``procfs`` receiver emits (every live process, the node usage ratio
+from /proc/stat, ended processes in ``exited``), so ``attribution`` needs no change,
+plus cycles, instructions and cache misses where the CPU exposes them.
+
+Where the program cannot load (no privilege, no kernel headers, no tracefs, no bcc, a
+kernel that refuses it) ``start()`` names what is missing; with ``fallback: procfs``
+(the default) the receiver then reads /proc instead, as the ``procfs`` receiver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
+from otel_kepler.data import Contribution
+from otel_kepler.receivers.procfs import ProcfsConfig, ProcfsReceiver
+from otel_kepler.receivers.procfs.reader import ProcessReader
+from otel_kepler.receivers.procfs.stat import StatError, UsageRatio, read_cpu_times
+from otel_kepler.schema import ConfigError
+
+from . import program
+from .cgroups import CgroupResolver, cgroup2_mount
+from .host import ProcHost, legacy_cpu_hierarchy
+from .loader import TRACEPOINTS, KernelPaths, Probe, hardware_counters, prerequisites
+from .tracker import Tracker
+
+__all__ = ["EbpfConfig", "EbpfReceiver", "ProcHost", "doctor", "factory"]
+
+log = logging.getLogger(__name__)
+
+#: At most one "map full" warning per map in this many seconds.
+WARN_EVERY_S = 60.0
+
+
+@dataclass
+class EbpfConfig:
+    """On-CPU time per process from a bcc program on the scheduler's tracepoints."""
+
+    fallback: Literal["procfs", "none"] = field(
+        default="procfs",
+        metadata={
+            "doc": "where the BPF program cannot load (no CAP_BPF/CAP_SYS_ADMIN, no kernel "
+            "headers, no bcc, a kernel that refuses it): procfs reads /proc instead, as "
+            "the procfs receiver; none makes that an error"
+        },
+    )
+    max_processes: int = field(
+        default=16384,
+        metadata={
+            "doc": "capacity of the BPF maps: thread groups that run, and that end, within "
+            "one tick; beyond it slices are not counted and a warning says so"
+        },
+    )
+    hardware_counters: bool = field(
+        default=True,
+        metadata={
+            "doc": "read cycles, instructions and cache misses per process where the CPU "
+            "exposes them (most VMs do not: then CPU time only)"
+        },
+    )
+    procfs: ProcfsConfig = field(
+        default_factory=ProcfsConfig,
+        metadata={"doc": "the procfs reader's settings, used by the fallback"},
+    )
+
+    def validate(self) -> None:
+        if not 64 <= self.max_processes <= 4_194_304:
+            raise ConfigError(
+                "max_processes", f"must be between 64 and 4194304, got {self.max_processes}"
+            )
+
+
+class EbpfReceiver(Receiver):
+    """Each tick: every process (with the CPU time of those that ran), ended processes
+    with their last interval, and the node usage ratio; procfs where eBPF cannot load."""
+
+    def __init__(
+        self,
+        name: str,
+        config: EbpfConfig,
+        host: HostSettings,
+        paths: KernelPaths | None = None,
+        source: str = program.SOURCE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.procfs = host.procfs
+        self.sysfs = host.sysfs
+        self.paths = paths or KernelPaths()
+        self.source = source
+        self._clock = clock
+        self.probe: Probe | None = None
+        self.tracker: Tracker | None = None
+        self.counters_off: str | None = None  # why hardware counters are not read
+        self._ratio = UsageRatio(host.procfs)
+        self._dropped = [0, 0]  # usage, events: the counts already warned about
+        self._warned_at = [-WARN_EVERY_S, -WARN_EVERY_S]
+        self._fallback = (
+            ProcfsReceiver(host.procfs, config.procfs.keep_open)
+            if config.fallback == "procfs"
+            else None
+        )
+        self.using_fallback = False
+
+    def start(self) -> None:
+        try:
+            self._start_ebpf()
+        except ComponentError as err:
+            if self._fallback is None:
+                raise
+            log.warning("%s: %s; falling back to procfs", self.name, err)
+            self._fallback.start()
+            self.using_fallback = True
+
+    def _start_ebpf(self) -> None:
+        try:
+            read_cpu_times(self._ratio.path)
+        except StatError as err:
+            raise ComponentError(f"{err} (host.procfs must be where procfs is mounted)") from None
+        bcc = prerequisites(self.paths)
+        counters = False
+        if self.config.hardware_counters:
+            self.counters_off = hardware_counters()
+            counters = self.counters_off is None
+            if self.counters_off is not None:
+                log.info(
+                    "%s: no hardware counters: %s; CPU time only", self.name, self.counters_off
+                )
+        self.probe = Probe(bcc, self.config.max_processes, self.paths, counters, self.source)
+        try:
+            self.tracker = Tracker(self._host())
+            reader = ProcessReader(self.procfs, keep_open=False)
+            self.tracker.seed(reader.scan(None))  # after attaching: nobody falls in between
+            self._ratio.update()
+        except BaseException:
+            self.shutdown()
+            raise
+        log.info(
+            "%s: BPF program attached (%s, up to %d processes a tick%s)",
+            self.name,
+            ", ".join(tp for tp, _ in TRACEPOINTS),
+            self.config.max_processes,
+            ", with hardware counters" if counters else "",
+        )
+
+    def _host(self) -> ProcHost:
+        mount = cgroup2_mount(prefer=os.path.join(self.sysfs, "fs", "cgroup"))
+        return ProcHost(self.procfs, CgroupResolver(mount), legacy_cpu_hierarchy())
+
+    def collect(self) -> Contribution:
+        if self.using_fallback and self._fallback is not None:
+            fallback: Contribution = self._fallback.collect()
+            return fallback
+        if self.probe is None or self.tracker is None:
+            raise ComponentError(f"{self.name}: collect() before start()")
+        drained = self.probe.drain()
+        processes, exited = self.tracker.update(drained)
+        self._warn_full(0, drained.dropped_usage, "context switches were not counted")
+        self._warn_full(1, drained.dropped_events, "exits or execs were not recorded")
+        try:
+            ratio = self._ratio.update()
+        except StatError as err:
+            raise ComponentError(str(err)) from None
+        return Contribution(processes=processes, exited=exited, cpu_usage_ratio=ratio)
+
+    def _warn_full(self, which: int, count: int, what: str) -> None:
+        new = count - self._dropped[which]
+        now = self._clock()
+        if new <= 0 or now - self._warned_at[which] < WARN_EVERY_S:
+            return
+        self._dropped[which] = count
+        self._warned_at[which] = now
+        log.warning(
+            "%s: the BPF %s map is full (max_processes %d): %d %s since the last warning; "
+            "raise receivers.%s.max_processes (logged at most once a minute)",
+            self.name,
+            ("usage", "events")[which],
+            self.config.max_processes,
+            new,
+            what,
+            self.name,
+        )
+
+    def shutdown(self) -> None:
+        probe, self.probe = self.probe, None
+        if probe is not None:
+            probe.close()
+            log.info("%s: BPF program detached", self.name)
+        if self.using_fallback and self._fallback is not None:
+            self._fallback.shutdown()
+
+
+def doctor(host: HostSettings) -> Availability:
+    """Whether the program loads here (it is loaded, attached and detached), and why not."""
+    paths = KernelPaths()
+    try:
+        bcc = prerequisites(paths)
+        counters_off = hardware_counters()
+        probe = Probe(bcc, 1024, paths, counters_off is None)
+    except ComponentError as err:
+        return Availability(False, f"procfs mode (with fallback: procfs, the default): {err}")
+    probe.close()
+    headers = paths.headers() or ""
+    target = os.path.realpath(headers)
+    counters = (
+        "cycles, instructions and cache misses per process"
+        if counters_off is None
+        else f"no hardware counters: {counters_off}; CPU time only"
+    )
+    return Availability(
+        True,
+        f"eBPF mode: bcc {bcc.__version__} loaded and attached the program on kernel "
+        f"{paths.release} (headers {headers}{f' -> {target}' if target != headers else ''}); "
+        f"{counters}",
+    )
+
+
+def _create(name: str, config: EbpfConfig, host: HostSettings) -> EbpfReceiver:
+    return EbpfReceiver(name, config, host)
+
+
+factory: Factory[EbpfConfig, Receiver] = Factory(
+    type="ebpf",
+    description="Per-process on-CPU time and hardware counters from a bcc program on the "
+    "scheduler's tracepoints (falls back to procfs)",
+    config_class=EbpfConfig,
+    create=_create,
+    doctor=doctor,
+)
