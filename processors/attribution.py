@@ -304,43 +304,46 @@ class AttributionProcessor(Processor):
     def _container(self, w: Workload, now_ns: int) -> WorkloadEnergy | None:
         if not w.container_id:
             return None
-        c = self._containers.get(w.container_id)
-        if c is None or c.workload is not w:
+        return self._entry(self._containers, "container", w.container_id, w, now_ns)
+
+    def _pod(self, w: Workload, now_ns: int) -> WorkloadEnergy | None:
+        if not w.pod_id:
+            return None
+        return self._entry(self._pods, "pod", w.pod_id, w, now_ns)
+
+    def _entry(
+        self,
+        table: dict[str, WorkloadEnergy],
+        level: LevelName,
+        key: str,
+        w: Workload,
+        now_ns: int,
+    ) -> WorkloadEnergy:
+        """The container or pod ``key``; its labels are rebuilt when its Workload changes."""
+        entry = table.get(key)
+        if entry is None or entry.workload is not w:
+            attrs = self._identity(level, w)
+            if entry is None:
+                entry = WorkloadEnergy(level, attrs, {}, {}, RUNNING, 0.0, now_ns, w)
+                table[key] = entry
+            else:  # names learned later (k8sattributes): same series identity by id
+                entry.attributes, entry.workload = attrs, w
+        return entry
+
+    def _identity(self, level: LevelName, w: Workload) -> dict[str, str]:
+        if level == "container":
             attrs = {
                 "container_id": w.container_id,
                 "container_name": w.container_name,
                 "runtime": w.runtime,
                 "pod_id": w.pod_id,
-                **dict(w.labels),
             }
-            if self.node_name:
-                attrs["node_name"] = self.node_name
-            if c is None:
-                c = WorkloadEnergy("container", attrs, {}, {}, RUNNING, 0.0, now_ns, w)
-                self._containers[w.container_id] = c
-            else:  # names learned later (k8sattributes): same series identity by id
-                c.attributes, c.workload = attrs, w
-        return c
-
-    def _pod(self, w: Workload, now_ns: int) -> WorkloadEnergy | None:
-        if not w.pod_id:
-            return None
-        p = self._pods.get(w.pod_id)
-        if p is None or p.workload is not w:
-            attrs = {
-                "pod_id": w.pod_id,
-                "pod_name": w.pod_name,
-                "pod_namespace": w.pod_namespace,
-                **dict(w.labels),
-            }
-            if self.node_name:
-                attrs["node_name"] = self.node_name
-            if p is None:
-                p = WorkloadEnergy("pod", attrs, {}, {}, RUNNING, 0.0, now_ns, w)
-                self._pods[w.pod_id] = p
-            else:
-                p.attributes, p.workload = attrs, w
-        return p
+        else:
+            attrs = {"pod_id": w.pod_id, "pod_name": w.pod_name, "pod_namespace": w.pod_namespace}
+        attrs.update(w.labels)
+        if self.node_name:
+            attrs["node_name"] = self.node_name
+        return attrs
 
     def _add_to_workload(
         self, w: Workload, zone: str, joules: float, inv_interval: float, now_ns: int
