@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import resource
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -50,17 +51,20 @@ class Service:
         self.interval = float(config.service.interval)
         self.self_telemetry = config.service.telemetry.metrics.enabled
         self.receivers: dict[str, Receiver] = {
-            cid: _create(c, config) for cid, c in config.receivers.items()
+            cid: _create("receivers", c, config) for cid, c in config.receivers.items()
         }
         self.workers: dict[str, ExporterWorker] = {
-            cid: ExporterWorker(cid, _create(c, config), _queue_size(c.config))
+            cid: ExporterWorker(cid, _create("exporters", c, config), _queue_size(c.config))
             for cid, c in config.exporters.items()
         }
         self.pipelines = [
             Pipeline(
                 name,
                 list(p.receivers),
-                [(pid, _create(config.processors[pid], config)) for pid in p.processors],
+                [
+                    (pid, _create("processors", config.processors[pid], config))
+                    for pid in p.processors
+                ],
                 list(p.exporters),
             )
             for name, p in config.service.pipelines.items()
@@ -212,26 +216,22 @@ def build_resource(node_name: str) -> Resource:
 
     Resource.create also merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
     """
-    import socket
-
+    host = socket.gethostname()
     attrs: dict[str, str] = {
         "service.name": "otel-kepler",
         "service.version": __version__,
-        "host.name": socket.gethostname(),
+        "host.name": host,
     }
-    if node_name and (os.environ.get("NODE_NAME") or os.environ.get("KUBERNETES_SERVICE_HOST")):
-        attrs["k8s.node.name"] = node_name
-    elif node_name and node_name != attrs["host.name"]:
+    in_kubernetes = os.environ.get("NODE_NAME") or os.environ.get("KUBERNETES_SERVICE_HOST")
+    if node_name and (in_kubernetes or node_name != host):
         attrs["k8s.node.name"] = node_name
     return Resource.create(attrs)
 
 
-def _create(c: ComponentConfig, config: AgentConfig) -> Any:
+def _create(section: str, c: ComponentConfig, config: AgentConfig) -> Any:
     try:
         return c.factory.create(c.id, c.config, config.host)
     except ComponentError as err:
-        kind = {"receivers": config.receivers, "processors": config.processors}
-        section = next((k for k, v in kind.items() if c.id in v), "exporters")
         raise ComponentError(f"{section}.{c.id}: {err}") from None
 
 
