@@ -93,6 +93,7 @@ class _Counter:
     path: str  # its energy_uj
     max_range_uj: int
     previous_uj: int | None = None
+    read_at: float = 0.0  # clock time of previous_uj
     failing: bool = False  # the last read failed (logged once until it reads again)
 
 
@@ -253,17 +254,16 @@ class RaplReceiver(Receiver):
         if self.using_fallback and self._fallback is not None:
             return self._fallback.collect()
         now = self._clock()
-        elapsed = None if self._last_tick is None else now - self._last_tick
         self._last_tick = now
         joules: dict[str, float] = {}
         dropped: set[str] = set()
         rejected = 0
         for counter in self._counters:
-            delta_uj = self._delta(counter)
+            delta_uj, span = self._delta(counter, now)
             if delta_uj is None:
                 dropped.add(counter.zone)
-            elif elapsed is not None and delta_uj > self._max_watts * elapsed * 1e6:
-                self._reject(counter, delta_uj, elapsed)
+            elif delta_uj > self._max_watts * span * 1e6:
+                self._reject(counter, delta_uj, span)
                 dropped.add(counter.zone)
                 rejected += 1
             else:
@@ -275,8 +275,13 @@ class RaplReceiver(Receiver):
         ]
         return Contribution(energy=energy, rejected=rejected)
 
-    def _delta(self, counter: _Counter) -> int | None:
-        """Microjoules since the previous read; None while priming or when unreadable."""
+    def _delta(self, counter: _Counter, now: float) -> tuple[int | None, float]:
+        """Microjoules since the previous good read, and the seconds they span.
+
+        None while priming or when unreadable. A failed read keeps the previous value,
+        so the next good read covers the gap and no energy is lost; a gap long enough
+        for the counter to have wrapped more than once (at max_watts) primes again.
+        """
         try:
             current = read_int(counter.path)
         except (OSError, ValueError) as err:
@@ -288,15 +293,18 @@ class RaplReceiver(Receiver):
                     counter.zone,
                 )
             counter.failing = True
-            counter.previous_uj = None
-            return None
+            return None, 0.0
+        previous, since = counter.previous_uj, counter.read_at
+        counter.previous_uj, counter.read_at = current, now
+        span = now - since
         if counter.failing:
-            log.info("rapl: %s reads again; zone %s resumes next tick", counter.path, counter.zone)
+            log.info("rapl: %s reads again; zone %s resumes", counter.path, counter.zone)
             counter.failing = False
-        previous, counter.previous_uj = counter.previous_uj, current
+            if span > counter.max_range_uj / (self._max_watts * 1e6):
+                return None, 0.0  # out long enough to have wrapped more than once
         if previous is None:
-            return None
-        return wrapped_delta(previous, current, counter.max_range_uj)
+            return None, 0.0
+        return wrapped_delta(previous, current, counter.max_range_uj), span
 
     def _reject(self, counter: _Counter, delta_uj: int, elapsed: float) -> None:
         if counter.zone in self._warned_bogus:
