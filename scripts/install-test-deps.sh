@@ -274,23 +274,10 @@ install_openipmi() {
     apt_install_system openipmi ipmitool
 }
 
-# Packages that must be installed into the system (root only), e.g. for later issues
-# ipmitool, openipmi, python3-bpfcc. Uses the system's apt lists (updated if absent).
-apt_install_system() {
-    [[ $(id -u) == 0 ]] || die "installing $* needs root"
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$p")
-    done
-    [[ ${#missing[@]} == 0 ]] && return 0
-    if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
-        log "apt-get update (system lists)"
-        apt-get update -q
-    fi
-    log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-}
+# Packages installed into the system (root only): apt_install_system, shared with
+# scripts/setup-ebpf.sh.
+# shellcheck source=scripts/apt-install.sh
+source "$REPO_ROOT/scripts/apt-install.sh"
 
 # ---------------------------------------------------------------- main
 

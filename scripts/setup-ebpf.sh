@@ -24,20 +24,8 @@ die() { log "ERROR: $*"; exit 1; }
 
 PACKAGES=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64)
 
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$p")
-    done
-    [[ ${#missing[@]} == 0 ]] && return 0
-    if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
-        log "apt-get update (system lists)"
-        apt-get update -q
-    fi
-    log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 # mounted FSTYPE DIR: whether DIR is a mount point of that file system type.
 mounted() {
@@ -95,7 +83,7 @@ check_bcc() {
 main() {
     [[ $(id -u) == 0 ]] || die "needs root (installs packages, mounts tracefs, writes /lib/modules)"
     [[ $(uname -s) == Linux ]] || die "needs Linux"
-    install_packages
+    apt_install_system "${PACKAGES[@]}"
     mount_tracing
     link_headers
     check_bcc

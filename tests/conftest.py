@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.peers"]
+pytest_plugins = ["tests.peers", "tests.children"]  # shared fixtures
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -36,6 +36,7 @@ from otel_kepler.receivers.ebpf.program import EXECED, EXITED
 from otel_kepler.receivers.ebpf.tracker import Identity, Tracker
 from otel_kepler.schema import ConfigError, decode
 from tests.cgroups import cgroup_mount, remove_cgroups
+from tests.children import spawn
 from tests.conftest import need_root
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -513,26 +514,6 @@ while True:
 """
 
 BURN_30MS = "import time\ne = time.perf_counter() + 0.03\nwhile time.perf_counter() < e: pass"
-
-
-def spawn(code: str) -> subprocess.Popen[str]:
-    """A python child running ``code``, returned once it printed 'ready'."""
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    assert child.stdout.readline() == "ready\n"
-    return child
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from otel_kepler.receivers.procfs import ProcfsConfig, ProcfsReceiver, doctor, f
 from otel_kepler.receivers.procfs import reader as reader_module
 from otel_kepler.schema import ConfigError, decode
 from tests.cgroups import cgroup_mount, remove_cgroups
+from tests.children import spawn
 
 HZ = os.sysconf("SC_CLK_TCK")
 ID = "3f1c8e0a9b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"
@@ -46,27 +46,6 @@ def tick(receiver: ProcfsReceiver) -> dict[int, ProcessSample]:
     processes: dict[int, ProcessSample] | None = receiver.collect().processes
     assert processes is not None
     return processes
-
-
-def spawn(code: str) -> subprocess.Popen[str]:
-    """A python child running ``code``, returned once it printed 'ready'."""
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    assert child.stdout.readline() == "ready\n"
-    return child
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[str]]]:
-    """Spawned children, killed and reaped after the test."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 def wait_stopped(pid: int) -> None:
