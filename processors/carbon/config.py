@@ -20,10 +20,10 @@ from typing import Literal
 
 from otel_kepler.schema import ConfigError, Duration
 
-ProviderName = Literal["static", "region", "file", "electricitymaps", "watttime"]
+from .intensity import MAX_INTENSITY
+from .regions import shipped_table
 
-#: No grid emits more: a value above this is a unit mistake (kg, lbs/MWh) or bad data.
-MAX_INTENSITY = 2000.0
+ProviderName = Literal["static", "region", "file", "electricitymaps", "watttime"]
 
 
 @dataclass
@@ -210,8 +210,6 @@ class CarbonConfig:
         if "watttime" in used and not self.watttime.region:
             raise ConfigError("watttime.region", "is required when watttime is a provider")
         if "region" in used and self.region.region:
-            from .providers.region import shipped_table
-
             if shipped_table().find(self.region.region) is None:
                 raise ConfigError(
                     "region.region",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import MAX_INTENSITY
+from ..intensity import DataError, check_intensity
 
-
-class DataError(Exception):
-    """Bad intensity data; the message names the source and the row or field."""
+__all__ = [
+    "DataError",
+    "Intensity",
+    "Provider",
+    "ProviderChain",
+    "check_intensity",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +76,3 @@ class ProviderChain:
     def shutdown(self) -> None:
         for p in self.providers:
             p.shutdown()
-
-
-def check_intensity(value: object, where: str) -> float:
-    """A gCO2e/kWh value as a float, or DataError naming ``where`` it came from."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise DataError(f"{where}: intensity {value!r} is not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise DataError(f"{where}: intensity {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise DataError(f"{where}: intensity {value!r} is not a finite number")
-    if number < 0:
-        raise DataError(f"{where}: intensity {number:g} is negative")
-    if number > MAX_INTENSITY:
-        raise DataError(
-            f"{where}: intensity {number:g} is above {MAX_INTENSITY:g} gCO2e/kWh (wrong unit?)"
-        )
-    return number
