@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Component = Literal["cpu", "platform", "gpu"]
-Level = Literal["node", "process", "container", "pod"]
+Level = Literal["node", "process", "container", "pod", "vm"]
 
 RUNNING = "running"
 TERMINATED = "terminated"

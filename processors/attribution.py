@@ -1,15 +1,24 @@
-"""The ``attribution`` processor: split node energy over processes, containers and pods.
+"""The ``attribution`` processor: split node energy over processes, containers, pods, VMs.
 
-Kepler's rule, per tick and per CPU zone:
+Per tick and per CPU zone:
 
-* active = dE x node CPU usage ratio, idle = dE - active (idle stays with the node);
+* idle = min(dE, the zone's idle power x dt), active = dE - idle, with the idle power
+  learned from the zone's own readings or configured (``idle: learned | fixed``, see
+  :mod:`otel_kepler.receivers.power_models.idle`); ``idle: usage_ratio`` is Kepler's
+  rule, active = dE x node CPU usage ratio, which is also used until an idle power
+  is known. Idle stays with the node;
 * a process gets active x (its CPU-time delta / the sum of all CPU-time deltas);
-* a container is the sum of its processes, a pod the sum of its containers.
+* a container is the sum of its processes, a pod the sum of its containers, a VM
+  the sum of its hypervisor processes (:mod:`.vm`).
 
 Invariant: per tick and zone, the processes' active joules plus idle equal the
 node's measured joules. When no process used CPU time in the interval (or no
 usage ratio is known yet) there is nobody to give active energy to, so the whole
 interval counts as idle.
+
+An estimator that calibrates against a platform meter gets the tick's batch here
+(:mod:`otel_kepler.receivers.power_models.calibration`): this is the one step
+that sees both.
 
 Totals are monotonic joules accumulated here, never a raw counter. A workload
 that ended is emitted once with ``state=terminated`` (the top ``max_terminated``
@@ -19,6 +28,8 @@ scrape has carried them.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,9 +47,14 @@ from otel_kepler.data import (
     ZoneEnergy,
 )
 from otel_kepler.processors.gpu import GpuSplitter
+from otel_kepler.processors.vm import VirtualMachine, VmDetector
+from otel_kepler.receivers.power_models.calibration import ModelReading
+from otel_kepler.receivers.power_models.idle import IdleMode, IdlePower, default_state_dir
 from otel_kepler.schema import ConfigError
 
-LevelName = Literal["node", "process", "container", "pod"]
+log = logging.getLogger(__name__)
+
+LevelName = Literal["node", "process", "container", "pod", "vm"]
 DEFAULT_LEVELS: list[LevelName] = ["node", "container", "pod"]
 
 
@@ -71,11 +87,69 @@ class AttributionConfig:
         },
     )
 
+    idle: IdleMode = field(
+        default="learned",
+        metadata={
+            "doc": "learned: idle = min(dE, the zone's idle power x dt), the idle power "
+            "learned per zone from its watts against the node's CPU usage and kept across "
+            "restarts; fixed: the idle_watts given (zones not listed are learned); "
+            "usage_ratio: Kepler's rule, active = dE x usage ratio (idle is 0 at full load)"
+        },
+    )
+    idle_watts: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "idle power per zone in watts (package: 20, dram: 2): the value with "
+            "idle: fixed, the starting value with idle: learned"
+        },
+    )
+    idle_window: int = field(
+        default=720, metadata={"doc": "ticks the idle power is learned over (a sliding window)"}
+    )
+    idle_min_ticks: int = field(
+        default=30, metadata={"doc": "ticks seen before a learned idle power is used"}
+    )
+    idle_min_spread: float = field(
+        default=0.2,
+        metadata={
+            "doc": "the usage ratio must span this much in the window to learn idle as the "
+            "intercept of watts against usage (else: the watts seen at usage below 5%)"
+        },
+    )
+    persist_idle: bool = field(
+        default=True, metadata={"doc": "keep learned idle power in a state file across restarts"}
+    )
+    state_dir: str = field(
+        default="",
+        metadata={
+            "doc": "folder of the state file (<processor name>-idle.json); default "
+            "$STATE_DIRECTORY, else /var/lib/otel-kepler as root, else "
+            "$XDG_STATE_HOME/otel-kepler"
+        },
+    )
+
     def validate(self) -> None:
         if self.max_terminated < 0:
             raise ConfigError("max_terminated", "must be 0 or more")
         if len(set(self.levels)) != len(self.levels):
             raise ConfigError("levels", "a level is listed twice")
+        for zone, watts in self.idle_watts.items():
+            if not watts >= 0:
+                raise ConfigError(f"idle_watts.{zone}", f"must be 0 or more, got {watts:g}")
+        if self.idle == "fixed" and not self.idle_watts:
+            raise ConfigError("idle_watts", "idle: fixed needs the idle watts of each zone")
+        if self.idle_window < 2:
+            raise ConfigError("idle_window", f"must be 2 or more, got {self.idle_window}")
+        if not 2 <= self.idle_min_ticks <= self.idle_window:
+            raise ConfigError(
+                "idle_min_ticks",
+                f"must be between 2 and idle_window ({self.idle_window}), "
+                f"got {self.idle_min_ticks}",
+            )
+        if not 0 < self.idle_min_spread <= 1:
+            raise ConfigError(
+                "idle_min_spread", f"must be above 0 and at most 1, got {self.idle_min_spread:g}"
+            )
 
 
 @dataclass(slots=True)
@@ -83,10 +157,19 @@ class _ProcessState:
     start_ticks: int
     energy: WorkloadEnergy
     seen: int  # the tick that last reported it
+    vm: VirtualMachine | None = None
 
 
 class AttributionProcessor(Processor):
-    def __init__(self, config: AttributionConfig, node_name: str = "") -> None:
+    def __init__(
+        self,
+        config: AttributionConfig,
+        node_name: str = "",
+        procfs: str = "/proc",
+        state_path: str | None = None,
+        sysfs: str = "/sys",
+    ) -> None:
+        """``state_path``: the idle state file; None (the default here) persists nothing."""
         self.levels = frozenset(config.levels)
         self.max_terminated = config.max_terminated
         self.counters = config.split_by == "hardware_counters"
@@ -96,14 +179,33 @@ class AttributionProcessor(Processor):
         self._processes: dict[int, _ProcessState] = {}
         self._containers: dict[str, WorkloadEnergy] = {}
         self._pods: dict[str, WorkloadEnergy] = {}
+        self._vms: dict[str, WorkloadEnergy] = {}
         self._tick = 0
         self._gpus = GpuSplitter(node_name)
+        self.idle = IdlePower(
+            config.idle,
+            dict(config.idle_watts),
+            window=config.idle_window,
+            min_ticks=config.idle_min_ticks,
+            min_spread=config.idle_min_spread,
+            state_path=state_path,
+            host_id={"sysfs": sysfs, "node_name": node_name},
+        )
+        detect = "vm" in self.levels or "process" in self.levels
+        self._detector = VmDetector(procfs) if detect else None
+
+    def start(self) -> None:
+        self.idle.load()
+
+    def shutdown(self) -> None:
+        self.idle.save()
 
     # -- per tick ---------------------------------------------------------------------
 
     def process(self, batch: Batch) -> None:
         now_ns = batch.timestamp_ns
         interval = batch.interval_s
+        model_idle = _calibrate_and_model_idle(batch)
         gpus, gpu_shares = self._gpus.split(batch.gpus, interval)
         readings = batch.energy + platform_remainder(batch.energy, gpus)
         zones = self._node_zones(readings, interval)
@@ -118,7 +220,15 @@ class AttributionProcessor(Processor):
         for zone in sorted(zones, key=_source_rank):
             if zone.component != "cpu":
                 continue  # platform and gpu energy is not split by CPU time
-            active = zone.interval_joules * ratio if attributable and ratio else 0.0
+            idle_watts = self.idle.watts(
+                zone.zone,
+                zone.source,
+                ratio,
+                zone.watts,
+                interval,
+                model_idle.get((zone.component, zone.zone, zone.source)),
+            )
+            active = self._active(zone.interval_joules, ratio, idle_watts, interval, attributable)
             zone.active_total_joules += active
             zone.idle_total_joules += zone.interval_joules - active
             if split_source.setdefault(zone.zone, zone.source) == zone.source:
@@ -129,6 +239,22 @@ class AttributionProcessor(Processor):
         if "node" in self.levels:
             batch.node_zones.extend(zones)
             batch.node_gpus.extend(gpus)
+        self.idle.tick_done()
+
+    @staticmethod
+    def _active(
+        joules: float,
+        ratio: float | None,
+        idle_watts: float | None,
+        interval: float,
+        attributable: bool,
+    ) -> float:
+        """This tick's active joules of one zone: what is left above idle."""
+        if not attributable or ratio is None:
+            return 0.0
+        if idle_watts is None:  # Kepler's rule, or no idle power known yet
+            return joules * ratio
+        return joules - min(joules, idle_watts * interval)
 
     def _node_zones(self, readings: list[EnergyReading], interval: float) -> list[ZoneEnergy]:
         """Fold this tick's readings into the node totals; returns the zones seen this tick."""
@@ -157,7 +283,7 @@ class AttributionProcessor(Processor):
     ) -> None:
         interval = batch.interval_s
         inv_interval = 1.0 / interval if interval > 0 else 0.0
-        for table in (self._containers, self._pods):
+        for table in (self._containers, self._pods, self._vms):
             for w in table.values():
                 w.state = TERMINATED  # until a live process says otherwise
                 _zero(w.watts)
@@ -170,6 +296,9 @@ class AttributionProcessor(Processor):
             energy = self._account(sample, scale, inv_interval, now_ns, terminated)
             if sample.workload is not NO_WORKLOAD:
                 self._mark_running(sample.workload, now_ns)
+            vm = self._processes[sample.pid].vm
+            if vm is not None:
+                self._vm(vm, now_ns).state = RUNNING
             if want_process:
                 out.append(energy)
         for sample in batch.exited:  # their last interval still counts (eBPF exit hooks)
@@ -187,6 +316,7 @@ class AttributionProcessor(Processor):
             out.extend(self._largest(terminated))
         self._emit_level("container", self._containers, out)
         self._emit_level("pod", self._pods, out)
+        self._emit_level("vm", self._vms, out)
 
     def _scale(
         self, batch: Batch, active: dict[str, float], total_delta: float
@@ -228,7 +358,9 @@ class AttributionProcessor(Processor):
                 state.energy.state = TERMINATED
                 _zero(state.energy.watts)
                 terminated.append(state.energy)
-            state = _ProcessState(sample.start_ticks, self._new_process(sample, now_ns), 0)
+            vm = self._detector.detect(sample.pid, sample.comm) if self._detector else None
+            energy = self._new_process(sample, now_ns, vm)
+            state = _ProcessState(sample.start_ticks, energy, 0, vm)
             self._processes[sample.pid] = state
         state.seen = self._tick
         energy = state.energy
@@ -236,12 +368,16 @@ class AttributionProcessor(Processor):
         energy.cpu_seconds = sample.cpu_seconds
         delta = sample.cpu_delta
         in_workload = sample.workload is not NO_WORKLOAD
+        vm = self._vm(state.vm, now_ns) if state.vm is not None else None
         for zone, (per_unit, measure) in scale.items():
             joules = per_unit * (delta if measure is _CPU else getattr(sample, measure))
             energy.joules[zone] = energy.joules.get(zone, 0.0) + joules
             energy.watts[zone] = joules * inv_interval
             if in_workload:
                 self._add_to_workload(sample.workload, zone, joules, inv_interval, now_ns)
+            if vm is not None:
+                vm.joules[zone] = vm.joules.get(zone, 0.0) + joules
+                vm.watts[zone] = vm.watts.get(zone, 0.0) + joules * inv_interval
         return energy
 
     def _attribute_gpus(
@@ -252,8 +388,8 @@ class AttributionProcessor(Processor):
         now_ns: int,
     ) -> None:
         """Give each GPU process its active joules; a pid /proc did not show still counts."""
-        for state in self._processes.values():
-            _zero(state.energy.gpu_watts)
+        for known in self._processes.values():
+            _zero(known.energy.gpu_watts)
         for pid, gpu_joules in shares.items():
             state = self._processes.get(pid)
             if state is None:  # not seen by the usage receivers (another pid namespace?)
@@ -290,16 +426,32 @@ class AttributionProcessor(Processor):
 
     # -- workloads --------------------------------------------------------------------
 
-    def _new_process(self, sample: ProcessSample, now_ns: int) -> WorkloadEnergy:
+    def _new_process(
+        self, sample: ProcessSample, now_ns: int, vm: VirtualMachine | None = None
+    ) -> WorkloadEnergy:
+        container_id = sample.workload.container_id
         attrs = {
             "pid": str(sample.pid),
             "comm": sample.comm,
             "exe": sample.exe,
-            "container_id": sample.workload.container_id,
+            "container_id": container_id,
+            # Kepler's order: a hypervisor inside a container is a container process
+            "type": "container" if container_id else "vm" if vm is not None else "regular",
+            "vm_id": vm.id if vm is not None else "",
         }
         if self.node_name:
             attrs["node_name"] = self.node_name
         return WorkloadEnergy("process", attrs, {}, {}, RUNNING, 0.0, now_ns, sample.workload)
+
+    def _vm(self, vm: VirtualMachine, now_ns: int) -> WorkloadEnergy:
+        entry = self._vms.get(vm.id)
+        if entry is None:
+            attrs = {"vm_id": vm.id, "vm_name": vm.name, "hypervisor": vm.hypervisor}
+            if self.node_name:
+                attrs["node_name"] = self.node_name
+            entry = WorkloadEnergy("vm", attrs, {}, {}, RUNNING, 0.0, now_ns)
+            self._vms[vm.id] = entry
+        return entry
 
     def _container(self, w: Workload, now_ns: int) -> WorkloadEnergy | None:
         if not w.container_id:
@@ -375,6 +527,20 @@ class AttributionProcessor(Processor):
         return ended[: self.max_terminated]
 
 
+def _calibrate_and_model_idle(batch: Batch) -> dict[tuple[str, str, str], float]:
+    """Feed calibrating estimators the tick; per modelled zone, the model's idle watts."""
+    idle: dict[tuple[str, str, str], float] = {}
+    for r in batch.energy:
+        if not isinstance(r, ModelReading):
+            continue
+        if r.calibrator is not None:
+            r.calibrator.observe(batch.energy, batch.interval_s, batch.timestamp_ns)
+        if r.idle_watts is not None:
+            key = (r.component, r.zone, r.source)
+            idle[key] = idle.get(key, 0.0) + r.idle_watts
+    return idle
+
+
 def platform_remainder(readings: list[EnergyReading], gpus: list[GpuEnergy]) -> list[EnergyReading]:
     """Zone ``other`` of each platform meter: platform minus CPU package, DRAM and GPUs.
 
@@ -423,13 +589,27 @@ def _zero(values: dict[str, float]) -> None:
         values[key] = 0.0
 
 
+def state_path(name: str, config: AttributionConfig) -> str | None:
+    """Where the learned idle power is kept: ``<state_dir>/<name>-idle.json``."""
+    if not config.persist_idle or config.idle == "usage_ratio":
+        return None
+    folder = config.state_dir or default_state_dir()
+    return os.path.join(folder, name.replace("/", "_") + "-idle.json")
+
+
 def _create(name: str, config: AttributionConfig, host: HostSettings) -> AttributionProcessor:
-    return AttributionProcessor(config, node_name=host.node_name)
+    return AttributionProcessor(
+        config,
+        node_name=host.node_name,
+        procfs=host.procfs,
+        state_path=state_path(name, config),
+        sysfs=host.sysfs,
+    )
 
 
 factory = Factory(
     type="attribution",
-    description="Splits node energy over processes, containers and pods by CPU time",
+    description="Splits node energy over processes, containers, pods and VMs by CPU time",
     config_class=AttributionConfig,
     create=_create,
 )

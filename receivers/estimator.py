@@ -19,6 +19,12 @@ Energy is the modelled power times the seconds between two collects
 (time.monotonic). The readings carry ``source="model"`` and a ``model`` attribute
 (``linear``, ``curve``, ``regression``; curve and regression add ``model_name``)
 so that nobody mistakes them for a measurement.
+
+With ``calibrate_from`` naming a platform meter of the same pipeline (ipmi,
+redfish, acpi, hwmon), the line ``idle + dynamic x usage`` is fitted online to that
+meter (see :mod:`otel_kepler.receivers.power_models.calibration`); once enough
+ticks exist the readings say ``model="calibrated"`` and the fit's error is reported
+as the gauge ``kepler.node.estimator.fit.error``.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
-from otel_kepler.data import Component, Contribution, EnergyReading, ProcessSample
+from otel_kepler.data import Component, Contribution, GaugeValue, ProcessSample
 from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
 from otel_kepler.receivers.power_models import curve, regression
+from otel_kepler.receivers.power_models.calibration import Calibrator, ModelReading
 from otel_kepler.receivers.power_models.features import COUNTER_FEATURES, FeatureReader
+from otel_kepler.receivers.power_models.fit import Line
 from otel_kepler.receivers.procfs.stat import StatError, read_cpu_times
 from otel_kepler.schema import ConfigError
 
@@ -142,6 +150,44 @@ class RegressionConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """How the line is fitted to the meter named by ``calibrate_from``."""
+
+    window: int = field(default=120, metadata={"doc": "ticks the least-squares fit covers"})
+    min_ticks: int = field(
+        default=20,
+        metadata={"doc": "ticks with a meter reading before the calibrated line is used"},
+    )
+    max_lag: int = field(
+        default=3, metadata={"doc": "largest delay of the meter behind usage tried, in ticks"}
+    )
+    max_smooth: int = field(
+        default=4,
+        metadata={"doc": "longest meter averaging window tried, in ticks (a moving average)"},
+    )
+    min_spread: float = field(
+        default=0.1,
+        metadata={
+            "doc": "usage must span this much over the window for the slope to be fitted; "
+            "below it only idle is fitted and the configured model's slope is kept"
+        },
+    )
+
+    def validate(self) -> None:
+        if self.window < 2:
+            raise ConfigError("window", f"must be 2 or more, got {self.window}")
+        if not 2 <= self.min_ticks <= self.window:
+            raise ConfigError(
+                "min_ticks", f"must be between 2 and window ({self.window}), got {self.min_ticks}"
+            )
+        for key in ("max_lag", "max_smooth"):
+            if getattr(self, key) < (0 if key == "max_lag" else 1):
+                raise ConfigError(key, f"must be {0 if key == 'max_lag' else 1} or more")
+        if not 0 <= self.min_spread < 1:
+            raise ConfigError("min_spread", f"must be in [0, 1), got {self.min_spread:g}")
+
+
+@dataclass
 class EstimatorConfig:
     """Modelled power from node features: linear (the default), curve or regression.
 
@@ -171,6 +217,17 @@ class EstimatorConfig:
     )
     regression: RegressionConfig = field(
         default_factory=RegressionConfig, metadata={"doc": "the regression model's settings"}
+    )
+    calibrate_from: Literal["ipmi", "redfish", "acpi", "hwmon"] | None = field(
+        default=None,
+        metadata={
+            "doc": "fit idle and dynamic watts online to this platform meter of the same "
+            "pipeline (needs the attribution processor in it); the configured model is used "
+            "until calibration.min_ticks ticks exist"
+        },
+    )
+    calibration: CalibrationConfig = field(
+        default_factory=CalibrationConfig, metadata={"doc": "the calibration's settings"}
     )
 
     def resolved(self) -> tuple[float, float]:
@@ -375,6 +432,10 @@ class EstimatorReceiver(Receiver):
         self._reader = FeatureReader(host.procfs, host.sysfs, clock=clock)
         self.stat_path = self._reader.stat_path
         self.model: PowerModel = LinearModel(self.idle_watts, self.max_watts)
+        self.calibrator: Calibrator | None = None
+        self._model_idle: float | None = None
+        self._gauge_attrs: dict[str, str] = {}
+        self._calibrated_attrs: dict[str, str] = {}
 
     def start(self) -> None:
         try:
@@ -386,6 +447,32 @@ class EstimatorReceiver(Receiver):
         elif self.config.model == "regression":
             self.model = self._start_regression()
         self._reader.read_frequency = "cpu_frequency_ghz" in self.model.features
+        prior = model_line(self.model)
+        self._model_idle = prior.idle if prior is not None else None
+        if self.config.calibrate_from is not None:
+            self._start_calibration(self.config.calibrate_from, prior)
+
+    def _start_calibration(self, meter: str, prior: Line | None) -> None:
+        settings = self.config.calibration
+        if prior is None:  # a model of more than usage: start from the linear defaults
+            prior = Line(self.idle_watts, self.max_watts - self.idle_watts, 0, 0.0, 0.0)
+        self.calibrator = Calibrator(
+            meter,
+            prior,
+            window=settings.window,
+            min_ticks=settings.min_ticks,
+            max_lag=settings.max_lag,
+            max_smooth=settings.max_smooth,
+            min_spread=settings.min_spread,
+        )
+        self._calibrated_attrs = {"model": "calibrated", "calibrated_from": meter}
+        self._gauge_attrs = {"meter": meter}
+        if self.host.node_name:
+            self._gauge_attrs["node_name"] = self.host.node_name
+        log.info(
+            "%s: calibrating against the %s meter after %d ticks; %s model until then",
+            self.name, meter, settings.min_ticks, self.config.model,
+        )  # fmt: skip
 
     def _start_regression(self) -> RegressionModel:
         settings = self.config.regression
@@ -426,22 +513,55 @@ class EstimatorReceiver(Receiver):
         if features is None:
             return part  # the first collect primes
         component, zone = OUTPUT[self.model.output]
+        watts, idle, attributes = (
+            self.model.watts(features),
+            self._model_idle,
+            self.model.attributes,
+        )
+        usage = features["cpu_usage_ratio"]
+        calibrator = self.calibrator
+        if calibrator is not None:
+            calibrator.record(usage)
+            calibration = calibrator.calibration
+            if calibration is not None:
+                line = calibration.line
+                watts, idle = max(0.0, line.watts(usage)), max(0.0, line.idle)
+                attributes = self._calibrated_attrs
+                part.gauges.append(
+                    GaugeValue(FIT_ERROR, "W", FIT_ERROR_DOC, line.rms_error, self._gauge_attrs)
+                )
         part.energy.append(
-            EnergyReading(
+            ModelReading(
                 component=component,
                 zone=zone,
                 source="model",
-                joules=self.model.watts(features) * self._reader.elapsed,
-                attributes=self.model.attributes,
+                joules=watts * self._reader.elapsed,
+                attributes=attributes,
+                idle_watts=idle,
+                calibrator=calibrator,
             )
         )
         if part.cpu_usage_ratio is None:
-            part.cpu_usage_ratio = features["cpu_usage_ratio"]
+            part.cpu_usage_ratio = usage
         return part
 
     def shutdown(self) -> None:
         if self._usage is not None:
             self._usage.shutdown()
+
+
+FIT_ERROR = "kepler.node.estimator.fit.error"
+FIT_ERROR_DOC = (
+    "Root mean square error of the calibrated estimator's fit against its meter, in watts"
+)
+
+
+def model_line(model: PowerModel) -> Line | None:
+    """The model as ``idle + dynamic x usage`` where usage is its only input, else None."""
+    if tuple(model.features) != ("cpu_usage_ratio",):
+        return None
+    idle = model.watts({"cpu_usage_ratio": 0.0})
+    return Line(idle, model.watts({"cpu_usage_ratio": 1.0}) - idle, 0, 0.0, 0.0)
 
 
 def counters_off(usage: Receiver) -> str | None:
@@ -484,6 +604,7 @@ factory: Factory[EstimatorConfig, Receiver] = Factory(
 
 __all__ = [
     "COUNTER_FEATURES",
+    "CalibrationConfig",
     "CurveConfig",
     "EstimatorConfig",
     "EstimatorReceiver",

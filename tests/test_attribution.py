@@ -229,10 +229,10 @@ def test_totals_are_monotonic() -> None:
 
 def test_config_errors_name_the_path() -> None:
     with pytest.raises(ConfigError) as err:
-        decode(AttributionConfig, {"levels": ["node", "vm"]}, "processors.attribution")
+        decode(AttributionConfig, {"levels": ["node", "cluster"]}, "processors.attribution")
     assert str(err.value) == (
         "processors.attribution.levels[1]: must be one of 'node', 'process', 'container', "
-        "'pod', got 'vm'"
+        "'pod', 'vm', got 'cluster'"
     )
     with pytest.raises(ConfigError) as err:
         decode(AttributionConfig, {"max_terminated": -1}, "processors.attribution")

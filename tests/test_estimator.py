@@ -177,7 +177,8 @@ def test_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert config_error({"max": 3}) == (
         "receivers.estimator.max: unknown key "
-        "(known keys: curve, idle_watts, max_watts, model, regression)"
+        "(known keys: calibrate_from, calibration, curve, idle_watts, max_watts, model, "
+        "regression)"
     )
     assert decode(EstimatorConfig, {"idle_watts": 0, "max_watts": 90}, "r") == EstimatorConfig(
         idle_watts=0.0, max_watts=90.0
