@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from otel_kepler import __version__
 from otel_kepler.component import ComponentError, HostSettings
@@ -19,38 +19,119 @@ from otel_kepler.schema import ConfigError, Duration
 log = logging.getLogger("otel_kepler")
 
 
+#: Exit status when stdout is closed early (``otel-kepler schema | head -1``): the
+#: status a shell reports for a tool killed by SIGPIPE (128 + 13), as ``seq`` or ``cat``
+#: give, without the BrokenPipeError traceback Python would print.
+EXIT_BROKEN_PIPE = 141
+EXIT_USAGE = 2  # bad arguments or a bad config
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+#: Options whose value may start with "-" (``--duration -5s``): joined to their value
+#: before argparse, which would otherwise take it for an option, so that the value's
+#: own check gives the message.
+_SIGNED_OPTIONS = ("--duration",)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """The console entry point: exit status 0 ok, 1 failed, 2 bad arguments or config."""
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(_join_signed_values(argv))
+    level = args.log_level or os.environ.get("OTEL_KEPLER_LOG_LEVEL", "info")
+    if level.lower() not in LOG_LEVELS:
+        print(
+            f"otel-kepler: OTEL_KEPLER_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, "
+            f"got {level!r}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    _setup_logging(level.lower(), "console")
     registry = default_registry()
     try:
         return int(args.func(args, registry))
     except ConfigError as err:
         print(f"otel-kepler: config error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ComponentError as err:
         print(f"otel-kepler: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        print(f"otel-kepler:{where}: {err.strerror or err}", file=sys.stderr)
+        return 1
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _join_signed_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg in _SIGNED_OPTIONS and nxt[:1] == "-" and nxt[1:2] not in ("", "-"):
+            out.append(f"{arg}={nxt}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports bad arguments in one line, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="otel-kepler", description="Per-node energy agent")
+    p = _Parser(prog="otel-kepler", description="Per-node energy agent")
     p.add_argument("--version", action="version", version=f"otel-kepler {__version__}")
     p.add_argument(
         "--log-level",
-        default=os.environ.get("OTEL_KEPLER_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="log level (default: $OTEL_KEPLER_LOG_LEVEL, else the config's "
+        "service.telemetry.logs.level, else info)",
     )
     sub = p.add_subparsers(required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the agent")
+    run = sub.add_parser("run", help="run the agent", description="Run the pipelines.")
     run.add_argument("--config", required=True, help="pipeline YAML file")
-    run.add_argument("--duration", type=_duration, help="stop after this long (e.g. 30s)")
+    run.add_argument("--duration", type=_duration, help="stop after this long (e.g. 30s, 1m30s)")
+    run.add_argument(
+        "--strict", action="store_true", help="refuse a config that validate warns about"
+    )
     run.set_defaults(func=cmd_run)
-    val = sub.add_parser("validate", help="check a config file and exit")
-    val.add_argument("--config", required=True)
+    val = sub.add_parser(
+        "validate",
+        help="check a config file and exit",
+        description="Check a config file: exit 0 if valid (warnings on stderr), 2 if not.",
+    )
+    val.add_argument("--config", required=True, help="pipeline YAML file to check")
+    val.add_argument(
+        "--strict", action="store_true", help="treat warnings (unused components...) as errors"
+    )
     val.set_defaults(func=cmd_validate)
     comp = sub.add_parser("components", help="list receiver, processor and exporter types")
     comp.set_defaults(func=cmd_components)
@@ -74,7 +155,12 @@ def _add_model_commands(sub: Any) -> None:
     tr = sub.add_parser("train", help="fit a regression power model on recorded data")
     tr.add_argument("--data", required=True, nargs="+", help="files written by record")
     tr.add_argument("--out", required=True, help="the model file to write (JSON)")
-    tr.add_argument("--target", default="package", choices=["package", "dram", "platform"])
+    tr.add_argument(
+        "--target",
+        default="package",
+        choices=["package", "dram", "platform"],
+        help="the measured power to predict (default: package)",
+    )
     tr.add_argument(
         "--method",
         default="linear",
@@ -96,16 +182,19 @@ def _add_model_commands(sub: Any) -> None:
 
 def _duration(text: str) -> float:
     try:
-        return float(Duration.parse(text))
+        value = float(Duration.parse(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
 
 
 def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     from otel_kepler.service import Service
 
-    config = load_file(args.config, registry)
-    _apply_log_level(config, args)
+    config = _load(args.config, registry, strict=args.strict)
+    _apply_telemetry(config, args)
     service = Service(config)
     service.start()
 
@@ -130,14 +219,60 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def _apply_log_level(config: AgentConfig, args: argparse.Namespace) -> None:
-    if "--log-level" not in sys.argv:
-        level = config.service.telemetry.logs.level
-        logging.getLogger().setLevel(getattr(logging, level.upper()))
+def _load(path: str, registry: Registry, *, strict: bool) -> AgentConfig:
+    """Load a config; warnings go to the log, or, when strict, the first is the error."""
+    config = load_file(path, registry)
+    if strict and config.warnings:
+        for warning in config.warnings[1:]:
+            print(f"otel-kepler: config error: {warning}", file=sys.stderr)
+        raise ConfigError("", f"{config.warnings[0]} (--strict)")
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
+def _apply_telemetry(config: AgentConfig, args: argparse.Namespace) -> None:
+    """The config's log level and encoding, unless --log-level or the environment said."""
+    logs = config.service.telemetry.logs
+    level = args.log_level or os.environ.get("OTEL_KEPLER_LOG_LEVEL") or logs.level
+    _setup_logging(level.lower(), logs.encoding)
+
+
+def _setup_logging(level: str, encoding: str) -> None:
+    root = logging.getLogger()
+    handler = root.handlers[0] if root.handlers else logging.StreamHandler()
+    if not root.handlers:
+        root.addHandler(handler)
+    handler.setFormatter(
+        _JsonFormatter()
+        if encoding == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.setLevel(logging.WARNING if level in ("warn", "warning") else level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record, the fields the Collector's json encoding has."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
     config = load_file(args.config, registry)
+    label = "config error" if args.strict else "warning"
+    for warning in config.warnings:
+        print(f"otel-kepler: {label}: {warning}", file=sys.stderr)
+    if args.strict and config.warnings:
+        return EXIT_USAGE
     pipelines = ", ".join(config.service.pipelines)
     print(f"{args.config}: valid ({pipelines})")
     return 0
@@ -147,10 +282,16 @@ def cmd_components(args: argparse.Namespace, registry: Registry) -> int:
     for kind in ("receivers", "processors", "exporters"):
         print(f"{kind}:")
         for ctype, factory in sorted(registry.factories(kind).items()):
-            print(f"  {ctype:<14} {factory.description}")
+            print(f"  {ctype:<14} {_sentence(factory.description)}")
     for where, why in sorted(registry.broken.items()):
         print(f"broken plugin {where}: {why}")
     return 0
+
+
+def _sentence(text: str) -> str:
+    """A description as the list shows them all: one line, capitalised, no final period."""
+    text = " ".join(text.split()).rstrip(".")
+    return text[:1].upper() + text[1:]
 
 
 def cmd_schema(args: argparse.Namespace, registry: Registry) -> int:
@@ -184,8 +325,8 @@ def cmd_record(args: argparse.Namespace, registry: Registry) -> int:
 
     from otel_kepler.training import record
 
-    config = load_file(args.config, registry)
-    _apply_log_level(config, args)
+    config = _load(args.config, registry, strict=False)
+    _apply_telemetry(config, args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -25,31 +25,86 @@ T = TypeVar("T")
 class ConfigError(Exception):
     """A config problem; ``path`` is where it is (``exporters.otlp.endpoint``)."""
 
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
+    def __init__(self, path: str, message: str, location: str = "") -> None:
+        text = f"{path}: {message}" if path else message
+        super().__init__(f"{location}: {text}" if location else text)
         self.path = path
         self.message = message
+        self.location = location  # "file:line" where the loader knows it, else ""
 
 
 class Duration(float):
-    """Seconds, written in YAML as ``500ms``, ``5s``, ``1m``, ``1h`` or a bare number of seconds."""
+    """Seconds, written as the Collector (Go) writes them: ``250ms``, ``5s``, ``1m30s``, ``1h``.
 
-    _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-    _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+    Units: ``ns``, ``us`` (or ``µs``), ``ms``, ``s``, ``m``, ``h``; several may follow each
+    other (``1h15m``). A bare number (YAML ``5`` or ``"5"``) is seconds. Spaces, signs,
+    infinities and NaN are refused: ``5 s`` or ``-5s`` is a mistake, not a value. Zero is
+    a valid duration; a field where zero means nothing says so in its own ``validate``.
+    """
+
+    _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+    _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+    _SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    #: Longer than any sensible interval or timeout (and what Go's int64 nanoseconds hold).
+    MAX_SECONDS = 9_223_372_036.0
 
     @classmethod
-    def parse(cls, text: str | int | float) -> Duration:
-        if isinstance(text, bool):
-            raise ValueError(f"expected a duration like 5s, got {text!r}")
-        if isinstance(text, int | float):
-            return cls(float(text))
-        match = cls._PATTERN.match(text)
-        if not match:
-            raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {text!r}")
-        return cls(float(match.group(1)) * cls._SCALE[match.group(2)])
+    def parse(cls, text: object) -> Duration:
+        """A Duration from a YAML value; ValueError with a readable message otherwise."""
+        if isinstance(text, bool) or not isinstance(text, int | float | str):
+            raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {_kind(text)}")
+        value = float(text) if isinstance(text, int | float) else cls._parse_text(text)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite duration, got {text!r}")
+        if value < 0:
+            raise ValueError(f"must not be negative, got {text!r}")
+        if value > cls.MAX_SECONDS:
+            raise ValueError(f"is too long (at most {cls.MAX_SECONDS:g}s), got {text!r}")
+        return cls(value)
+
+    @classmethod
+    def _parse_text(cls, text: str) -> float:
+        if cls._NUMBER.fullmatch(text):
+            return float(text)
+        body = text[1:] if text[:1] == "-" else text
+        total = 0.0
+        pos = 0
+        while pos < len(body):
+            match = cls._PART.match(body, pos)
+            if match is None:
+                break
+            total += float(match.group(1)) * cls._SCALE[match.group(2)]
+            pos = match.end()
+        if not body or pos != len(body):
+            hint = " (no spaces)" if any(c.isspace() for c in text) else ""
+            raise ValueError(f"expected a duration like 500ms, 5s or 1m{hint}, got {text!r}")
+        return -total if body is not text else total
 
     def __str__(self) -> str:
         return f"{float(self):g}s"
+
+
+#: The JSON Schema pattern of a duration written as a string.
+DURATION_PATTERN = r"^(\d+(\.\d+)?|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$"
+
+
+class Substituted(str):
+    """A string value that came (wholly or partly) from ``${env:...}`` or ``${file:...}``.
+
+    ``typed`` is what a whole reference reads as in YAML (``"9200"`` -> ``9200``), as the
+    Collector does; a field that takes text gets the text unchanged (a password
+    ``0123`` stays ``0123``). ``reference`` is the value as written, shown in messages
+    instead of what it expanded to, which may be a secret.
+    """
+
+    typed: Any
+    reference: str
+
+    def __new__(cls, text: str, typed: Any, reference: str) -> Substituted:
+        obj = super().__new__(cls, text)
+        obj.typed = typed
+        obj.reference = reference
+        return obj
 
 
 def join(path: str, key: str | int) -> str:
@@ -60,6 +115,8 @@ def join(path: str, key: str | int) -> str:
 
 def decode(cls: type[T], raw: Any, path: str) -> T:
     """Build ``cls`` (a dataclass) from ``raw`` (a mapping or None), or raise ConfigError."""
+    if isinstance(raw, Substituted):
+        raw = raw.typed
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -91,6 +148,16 @@ def decode(cls: type[T], raw: Any, path: str) -> T:
     return obj
 
 
+def _takes_text(tp: Any) -> bool:
+    """Whether a field of type ``tp`` wants a substituted value as the text it was."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_takes_text(a) for a in get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return all(isinstance(c, str) for c in get_args(tp))
+    return tp is str
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -100,6 +167,14 @@ def _kind(value: Any) -> str:
 
 
 def _decode_value(tp: Any, value: Any, path: str) -> Any:
+    if isinstance(value, Substituted):
+        inner = str(value) if _takes_text(tp) else value.typed
+        try:
+            return _decode_value(tp, inner, path)
+        except ConfigError as err:
+            # Never echo what a reference expanded to: name the reference instead.
+            message = err.message.replace(repr(inner), value.reference)
+            raise ConfigError(err.path, message) from None
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -208,8 +283,9 @@ def _schema_of(tp: Any) -> dict[str, Any]:
     if tp is Duration:
         return {
             "type": ["string", "number"],
-            "pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$",
-            "description": "a duration: 500ms, 5s, 1m, or seconds",
+            "pattern": DURATION_PATTERN,
+            "minimum": 0,
+            "description": "a duration: 250ms, 5s, 1m30s, 1h, or a number of seconds",
         }
     return {
         bool: {"type": "boolean"},

@@ -1,20 +1,21 @@
-"""Config loading: every error names its path and stops the agent before anything starts."""
+"""Config loading: every error is one line naming its path or file:line, raised before anything
+starts; hostile files (alias bombs, deep nesting, bad bytes, duplicate keys) are refused while
+they are read, not after they have expanded."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
-from otel_kepler.config import parse
+from otel_kepler.config import AgentConfig, load_file, parse
 from otel_kepler.config_schema import config_schema
 from otel_kepler.registry import default_registry
-from otel_kepler.schema import ConfigError
+from otel_kepler.schema import ConfigError, Duration
+from otel_kepler.yaml_loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,25 +27,31 @@ receivers:
 processors:
   attribution: {levels: [node, container]}
 exporters:
-  otlphttp/backup: {endpoint: "http://127.0.0.1:4318", compression: gzip, timeout: 3s}
-  prometheus: {endpoint: "127.0.0.1:9999"}
+  debug: {top: 3}
+  debug/quiet: {verbosity: basic}
 service:
   interval: 500ms
   pipelines:
     metrics:
       receivers: [procfs, estimator]
       processors: [attribution]
-      exporters: [otlphttp/backup, prometheus]
+      exporters: [debug, debug/quiet]
 """
 
 
-def load(text: str) -> object:
+def load(text: str) -> AgentConfig:
     return parse(text, default_registry())
 
 
 def error_of(text: str) -> str:
     with pytest.raises(ConfigError) as err:
         load(text)
+    return str(err.value)
+
+
+def file_error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_file(str(path), default_registry())
     return str(err.value)
 
 
@@ -62,17 +69,31 @@ def with_(path: str, value: object, base: str = GOOD) -> str:
     return yaml.safe_dump(doc)
 
 
+def alias_bomb(depth: int) -> str:
+    """Each level a list of nine aliases of the one before: 9**depth strings once expanded."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, depth + 1):
+        items = ", ".join([f"*a{level - 1}"] * 9)
+        lines.append(f"a{level}: &a{level} [{items}]")
+    return "\n".join(lines) + "\nservice: {pipelines: {}}\n"
+
+
 def test_a_good_config_loads_with_types_and_defaults() -> None:
     config = load(GOOD)
-    assert config.service.interval == 0.5  # type: ignore[attr-defined]
-    assert config.host.node_name == "n1"  # type: ignore[attr-defined]
-    backup = config.exporters["otlphttp/backup"]  # type: ignore[attr-defined]
-    assert backup.type == "otlphttp"
-    assert backup.config.timeout == 3.0
-    assert backup.config.sending_queue.queue_size == 10
-    attribution = config.processors["attribution"].config  # type: ignore[attr-defined]
+    assert config.service.interval == 0.5
+    assert config.host.node_name == "n1"
+    quiet = config.exporters["debug/quiet"]
+    assert (quiet.type, quiet.config.verbosity, quiet.config.top) == ("debug", "basic", 10)
+    attribution = config.processors["attribution"].config
     assert attribution.levels == ["node", "container"]
     assert attribution.max_terminated == 500
+    assert config.warnings == []
+    telemetry = config.service.telemetry
+    assert (telemetry.metrics.enabled, telemetry.logs.level, telemetry.logs.encoding) == (
+        True,
+        "info",
+        "console",
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,9 +104,8 @@ def test_a_good_config_loads_with_types_and_defaults() -> None:
             "recievers: unknown section (known: exporters, host, processors, receivers, service)",
         ),
         (
-            with_("exporters.otlphttp/backup.endpont", "x"),
-            "exporters.otlphttp/backup.endpont: unknown key (known keys: compression, endpoint, "
-            "headers, metrics_endpoint, sending_queue, timeout, tls)",
+            with_("exporters.debug.topp", 3),
+            "exporters.debug.topp: unknown key (known keys: top, verbosity)",
         ),
         (
             with_("receivers.nosuch", {}),
@@ -98,11 +118,7 @@ def test_a_good_config_loads_with_types_and_defaults() -> None:
             'receivers.Rapl!: a component id is "type" or "type/name"',
         ),
         (
-            with_("exporters.debug", {}),
-            "exporters.debug: is defined but no pipeline uses it",
-        ),
-        (
-            with_("service.pipelines.metrics.exporters", ["prometheus", "otlp"]),
+            with_("service.pipelines.metrics.exporters", ["debug", "otlp"]),
             'service.pipelines.metrics.exporters[1]: "otlp" is not defined under exporters',
         ),
         (
@@ -113,7 +129,13 @@ def test_a_good_config_loads_with_types_and_defaults() -> None:
             with_("service.interval", "fast"),
             "service.interval: expected a duration like 500ms, 5s or 1m, got 'fast'",
         ),
+        (
+            with_("service.interval", "5 s"),
+            "service.interval: expected a duration like 500ms, 5s or 1m (no spaces), got '5 s'",
+        ),
+        (with_("service.interval", "-5s"), "service.interval: must not be negative, got '-5s'"),
         (with_("service.interval", "10ms"), "service.interval: must be at least 100ms, got 0.01s"),
+        (with_("service.interval", "0s"), "service.interval: must be at least 100ms, got 0s"),
         (with_("service", None), "service: is required (it lists the pipelines)"),
         (
             with_("service.pipelines.metrics.exporters", []),
@@ -124,35 +146,40 @@ def test_a_good_config_loads_with_types_and_defaults() -> None:
             'service.pipelines.traces: pipeline names are "metrics" or "metrics/<name>"',
         ),
         (
-            with_("exporters.prometheus.endpoint", "nope"),
-            "exporters.prometheus.endpoint: expected \"host:port\", got 'nope'",
-        ),
-        (
-            with_("exporters.otlphttp/backup.endpoint", "collector:4318"),
-            "exporters.otlphttp/backup.endpoint: must be an http:// or https:// URL, "
-            "got 'collector:4318'",
-        ),
-        (
-            with_("exporters.otlphttp/backup.compression", "zstd"),
-            "exporters.otlphttp/backup.compression: must be one of 'gzip', 'none', got 'zstd'",
-        ),
-        (
-            with_("exporters.otlphttp/backup.tls", {"ca_file": "/nonexistent/ca.pem"}),
-            "exporters.otlphttp/backup.tls.ca_file: no such file: /nonexistent/ca.pem",
-        ),
-        (
             with_("processors.attribution.levels", "node"),
             "processors.attribution.levels: expected a list, got a string",
-        ),
-        (
-            with_("exporters.otlphttp/backup.sending_queue", {"queue_size": 0}),
-            "exporters.otlphttp/backup.sending_queue.queue_size: must be at least 1",
         ),
         (with_("host.procfs", ["a"]), "host.procfs: expected a string, got a list"),
         (
             with_("service.telemetry", {"logs": {"level": "loud"}}),
-            "service.telemetry.logs.level: must be one of 'debug', 'info', 'warning', 'error', "
-            "got 'loud'",
+            "service.telemetry.logs.level: must be one of 'debug', 'info', 'warn', 'warning', "
+            "'error', got 'loud'",
+        ),
+        (
+            with_("service.telemetry", {"logs": {"encoding": "xml"}}),
+            "service.telemetry.logs.encoding: must be one of 'console', 'json', got 'xml'",
+        ),
+        (
+            with_("service.telemetry", {"metrics": {"level": "full"}}),
+            "service.telemetry.metrics.level: must be one of 'none', 'basic', 'normal', "
+            "'detailed', got 'full'",
+        ),
+        (
+            with_("service.telemetry", {"metrics": {"level": "none", "enabled": True}}),
+            "service.telemetry.metrics.enabled: is true but level is none",
+        ),
+        (
+            with_("service.telemetry", {"metrics": {"address": ":8888"}}),
+            "service.telemetry.metrics.address: unknown key (known keys: enabled, level)",
+        ),
+        (
+            with_(
+                "service.pipelines.metrics.processors",
+                ["attribution", "k8sattributes"],
+                base=(with_("processors.k8sattributes", {"source": "downward_api"})),
+            ),
+            'service.pipelines.metrics.processors[1]: "k8sattributes" must come before '
+            '"attribution" (processors[0]), which uses the names it adds',
         ),
     ],
 )
@@ -160,35 +187,238 @@ def test_each_error_names_its_path(text: str, message: str) -> None:
     assert error_of(text) == message
 
 
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("5s", 5.0),
+        ("1m30s", 90.0),
+        ("250ms", 0.25),
+        ("1.5h", 5400.0),
+        ("2", 2.0),
+        (3, 3.0),
+        ("100us", 0.0001),
+        ("1h2m3s4ms", 3723.004),
+        ("0", 0.0),
+    ],
+)
+def test_durations_are_written_as_in_the_collector(text: str | int, seconds: float) -> None:
+    assert Duration.parse(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5 s", "expected a duration like 500ms, 5s or 1m (no spaces), got '5 s'"),
+        ("1m 30s", "expected a duration like 500ms, 5s or 1m (no spaces), got '1m 30s'"),
+        ("-1m", "must not be negative, got '-1m'"),
+        (-2, "must not be negative, got -2"),
+        ("5sec", "expected a duration like 500ms, 5s or 1m, got '5sec'"),
+        ("s", "expected a duration like 500ms, 5s or 1m, got 's'"),
+        ("", "expected a duration like 500ms, 5s or 1m, got ''"),
+        (float("inf"), "expected a finite duration, got inf"),
+        (True, "expected a duration like 500ms, 5s or 1m, got a boolean"),
+        ([5], "expected a duration like 500ms, 5s or 1m, got a list"),
+    ],
+)
+def test_bad_durations(value: Any, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        Duration.parse(value)
+    assert str(err.value) == message
+
+
 def test_malformed_yaml_reports_line_and_column() -> None:
     text = "service:\n  interval: 5s\n  pipelines: [a\n receivers: {}\n"
-    message = error_of(text)
-    assert message == "<config>:4:11: invalid YAML: expected ',' or ']', but got ':'"
+    assert error_of(text) == (
+        "<config>:4:11: invalid YAML: did not find expected ',' or ']' "
+        "(while parsing a flow sequence)"
+    )
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    # 9**7 = 4.8 million strings from 400 bytes: refused from the event stream, never built.
+    assert error_of(alias_bomb(7)) == (
+        f"<config>:6:10: more than {MAX_NODES} values once its aliases are expanded; refused "
+        "(an alias counts as all it repeats)"
+    )
+    # A hundred levels would never finish expanding: refused at the same point.
+    assert error_of(alias_bomb(100)).startswith("<config>:6:10: more than 100000 values")
+
+
+def test_aliases_within_the_budget_still_work() -> None:
+    text = GOOD.replace(
+        "attribution: {levels: [node, container]}", "attribution: &a {levels: [node]}"
+    )
+    text += "\nx-unused: *a\n"
+    assert error_of(text).startswith("x-unused: unknown section")
+    merged = (
+        "processors:\n  attribution: &base {levels: [node], max_terminated: 5}\n"
+        "  attribution/b:\n    <<: *base\n    max_terminated: 7\n"
+    )
+    text = GOOD.replace("processors:\n  attribution: {levels: [node, container]}\n", merged)
+    text = text.replace("processors: [attribution]", "processors: [attribution, attribution/b]")
+    config = load(text)
+    b = config.processors["attribution/b"].config
+    assert (b.levels, b.max_terminated) == (["node"], 7)
+
+
+def test_an_alias_to_its_own_node_is_refused() -> None:
+    assert error_of("a: &x [1, *x]\nservice: {}\n") == (
+        "<config>:1:11: alias *x refers to the node that contains it (a loop)"
+    )
+
+
+def test_deep_nesting_is_refused_without_a_traceback() -> None:
+    flow = "a: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert (
+        error_of(flow)
+        == "<config>:1:1003: invalid YAML: exceeded maximum nesting depth (while increasing "
+        "flow level)"
+    )
+    block = "".join("  " * i + f"k{i}:\n" for i in range(200))
+    assert (
+        error_of(block)
+        == f"<config>:{MAX_DEPTH + 1}:{2 * MAX_DEPTH + 1}: nested deeper than {MAX_DEPTH} levels"
+    )
+
+
+def test_duplicate_keys_name_both_lines(tmp_path: Path) -> None:
+    # The second receivers section used to replace the first silently.
+    text = GOOD + "receivers:\n  rapl: {}\n"
+    assert error_of(text) == (
+        "<config>:18:1: duplicate key 'receivers' (first at <config>:3); each key may appear "
+        "once in a mapping"
+    )
+    path = tmp_path / "dup.yaml"
+    path.write_text(GOOD.replace("  debug: {top: 3}\n", "  debug: {top: 3, top: 4}\n"))
+    assert file_error_of(path) == (
+        f"{path}:9:19: duplicate key 'top' (first at {path}:9); each key may appear once in a "
+        "mapping"
+    )
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("node_name: n1", "node_name: caf\xe9").encode("latin-1"))
+    assert file_error_of(path) == f"{path}:2:50: not UTF-8 text (byte 0xe9 at offset 50)"
+
+
+def test_control_characters_and_second_documents_are_refused() -> None:
+    assert error_of(GOOD.replace("node_name: n1", "node_name: n\x001")) == (
+        "<config>:2:48: invalid YAML: character #x0000 is not allowed (control characters "
+        "other than tab and newline)"
+    )
+    assert error_of(GOOD + "---\nservice: {}\n") == (
+        "<config>:18:1: invalid YAML: but found another document (expected a single document "
+        "in the stream)"
+    )
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text(GOOD + "#" * MAX_FILE_BYTES)
+    assert file_error_of(path) == f"{path}: larger than 4 MiB; not a config file"
+
+
+def test_errors_from_a_file_name_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(GOOD.replace("interval: 500ms", "interval: 5 s"))
+    assert file_error_of(path) == (
+        f"{path}:12: service.interval: expected a duration like 500ms, 5s or 1m (no spaces), "
+        "got '5 s'"
+    )
+    path.write_text(GOOD.replace("levels: [node, container]", "levels: [node, pods]"))
+    assert file_error_of(path) == (
+        f"{path}:7: processors.attribution.levels[1]: must be one of 'node', 'process', "
+        "'container', 'pod', 'vm', got 'pods'"
+    )
+    missing = tmp_path / "nope.yaml"
+    assert file_error_of(missing) == (
+        f"cannot read config file {missing}: No such file or directory"
+    )
 
 
 def test_env_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OK_ENDPOINT", "http://127.0.0.1:4318")
-    monkeypatch.setenv("OK_PORT", "9200")
+    monkeypatch.setenv("OK_TOP", "4")
+    monkeypatch.setenv("OK_NODE", "node-9")
     monkeypatch.delenv("OK_UNSET", raising=False)
     text = (
-        GOOD.replace('"http://127.0.0.1:4318"', '"${env:OK_ENDPOINT}"')
-        .replace("interval: 500ms", "interval: ${env:OK_UNSET:-2s}")
-        .replace("node_name: n1", 'node_name: "node-$${literal}-${env:OK_PORT}"')
+        GOOD.replace("top: 3", 'top: "${env:OK_TOP}"')
+        .replace("interval: 500ms", 'interval: "${env:OK_UNSET:-2s}"')
+        .replace("node_name: n1", 'node_name: "n-$${literal}-${OK_NODE}"')
     )
     config = load(text)
-    assert config.exporters["otlphttp/backup"].config.endpoint == "http://127.0.0.1:4318"  # type: ignore[attr-defined]
-    assert config.service.interval == 2.0  # type: ignore[attr-defined]
-    assert config.host.node_name == "node-${literal}-9200"  # type: ignore[attr-defined]
-    typed = load(GOOD.replace("max_watts: 50", 'max_watts: "${env:OK_PORT}"'))
-    assert typed.receivers["estimator"].config.max_watts == 9200.0  # type: ignore[attr-defined]
+    assert config.exporters["debug"].config.top == 4
+    assert config.service.interval == 2.0
+    assert config.host.node_name == "n-${literal}-node-9"
 
 
 def test_missing_env_variable_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OK_MISSING", raising=False)
-    text = GOOD.replace('"http://127.0.0.1:4318"', '"${env:OK_MISSING}"')
-    assert error_of(text) == (
-        "exporters.otlphttp/backup.endpoint: environment variable OK_MISSING is not set"
+    text = GOOD.replace("node_name: n1", 'node_name: "${env:OK_MISSING}"')
+    assert error_of(text) == "host.node_name: environment variable OK_MISSING is not set"
+    assert error_of(GOOD.replace("node_name: n1", 'node_name: "${vault:x}"')) == (
+        'host.node_name: unsupported reference "${vault:...}" (supported: ${env:...}, ${file:...})'
     )
+
+
+def test_file_substitution(tmp_path: Path) -> None:
+    secret = tmp_path / "node"
+    secret.write_text("0123\n")  # YAML would read 0123 as the octal 83: text fields keep text
+    top = tmp_path / "top"
+    top.write_text("6\n")
+    text = GOOD.replace("node_name: n1", f'node_name: "${{file:{secret}}}"').replace(
+        "top: 3", f'top: "${{file:{top}}}"'
+    )
+    config = load(text)
+    assert config.host.node_name == "0123"
+    assert config.exporters["debug"].config.top == 6
+    missing = tmp_path / "absent"
+    assert error_of(GOOD.replace("node_name: n1", f'node_name: "${{file:{missing}}}"')) == (
+        f"host.node_name: cannot read ${{file:{missing}}}: No such file or directory"
+    )
+
+
+def test_a_substituted_value_is_never_echoed_in_an_error(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("hunter2\n")
+    message = error_of(GOOD.replace("top: 3", f'top: "${{file:{secret}}}"'))
+    assert message == f"exporters.debug.top: expected an integer, got ${{file:{secret}}}"
+    assert "hunter2" not in message
+
+
+def test_log_levels_and_telemetry_as_the_collector_writes_them() -> None:
+    for level in ("debug", "info", "warn", "warning", "error"):
+        config = load(with_("service.telemetry", {"logs": {"level": level, "encoding": "json"}}))
+        assert config.service.telemetry.logs.level == level
+    cases = [
+        ({"level": "none"}, False),
+        ({"level": "basic"}, True),
+        ({"level": "detailed"}, True),
+        ({"enabled": False}, False),
+        ({"enabled": True, "level": "normal"}, True),
+        ({}, True),
+    ]
+    for metrics, enabled in cases:
+        config = load(with_("service.telemetry", {"metrics": metrics}))
+        assert config.service.telemetry.metrics.enabled is enabled, metrics
+
+
+def test_an_unused_component_is_a_warning_and_is_not_built() -> None:
+    config = load(with_("exporters.debug/extra", {}, base=with_("receivers.rapl", {})))
+    assert config.warnings == [
+        "receivers.rapl: is defined but no pipeline uses it (it is not started)",
+        "exporters.debug/extra: is defined but no pipeline uses it (it is not started)",
+    ]
+    assert "rapl" not in config.receivers and "debug/extra" not in config.exporters
+
+
+def test_a_pipeline_with_usage_but_no_energy_warns() -> None:
+    text = with_("service.pipelines.metrics.receivers", ["procfs"])
+    config = load(with_("receivers.estimator", None, base=text))
+    assert config.warnings == [
+        "service.pipelines.metrics.receivers: has workload usage (procfs) but no energy source "
+        "(acpi, estimator, hwmon, ipmi, nvml, rapl, redfish): no energy to attribute"
+    ]
 
 
 def test_schema_validates_the_shipped_configs_and_rejects_unknown_keys() -> None:
@@ -199,46 +429,20 @@ def test_schema_validates_the_shipped_configs_and_rejects_unknown_keys() -> None
         doc = yaml.safe_load(path.read_text())
         errors = [e.message for e in validator.iter_errors(doc)]
         assert errors == [], f"{path.name}: {errors}"
-    bad = yaml.safe_load(with_("exporters.otlphttp/backup.endpont", "x"))
+    bad = yaml.safe_load(with_("exporters.debug.topp", 3))
     assert list(validator.iter_errors(bad)), "an unknown key must fail the schema"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "otel_kepler.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
+    interval = schema["properties"]["service"]["properties"]["interval"]
+    assert [
+        v
+        for v in ("5s", "1m30s", "250ms", 5)
+        if list(validator.evolve(schema=interval).iter_errors(v))
+    ] == []
+    assert all(
+        list(validator.evolve(schema=interval).iter_errors(v)) for v in ("5 s", "-5s", -1, "5x")
     )
 
 
-def test_validate_command(tmp_path: Path) -> None:
-    good = tmp_path / "good.yaml"
-    good.write_text(GOOD)
-    result = run_cli("validate", "--config", str(good))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{good}: valid (metrics)\n"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(with_("service.interval", "fast"))
-    result = run_cli("validate", "--config", str(bad))
-    assert result.returncode == 2
-    assert result.stderr == (
-        "otel-kepler: config error: service.interval: expected a duration like 500ms, 5s or 1m, "
-        "got 'fast'\n"
-    )
-    missing = run_cli("validate", "--config", str(tmp_path / "nope.yaml"))
-    assert missing.returncode == 2
-    assert "cannot read config file" in missing.stderr and "No such file" in missing.stderr
-
-
-def test_components_and_schema_commands() -> None:
-    result = run_cli("components")
-    assert result.returncode == 0
-    lines = result.stdout.splitlines()
-    for ctype in ("rapl", "procfs", "estimator", "nvml", "attribution", "otlp", "prometheus"):
-        assert any(line.split()[0] == ctype for line in lines if line.startswith("  ")), ctype
-    assert "broken plugin" not in result.stdout
-    schema = json.loads(run_cli("schema").stdout)
-    assert schema["required"] == ["service"]
-    assert "^rapl(/[A-Za-z0-9_.\\-]+)?$" in schema["properties"]["receivers"]["patternProperties"]
+def test_the_shipped_configs_load_without_warnings() -> None:
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        config = load_file(str(path), default_registry())
+        assert config.warnings == [], path.name

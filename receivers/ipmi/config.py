@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from otel_kepler.component import ComponentError
+from otel_kepler.endpoints import host_port
 from otel_kepler.schema import ConfigError, Duration
 
 MAX_PORT = 65535
+DEFAULT_PORT = 623  # RMCP
 #: The kernel's IPMI device (ipmi_devintf) that in-band access uses.
 IN_BAND_DEVICE = "/dev/ipmi0"
 
@@ -22,11 +24,14 @@ class IpmiConfig:
     endpoint: str = field(
         default="",
         metadata={
-            "doc": "host name or address of the BMC (IPMI over LAN, RMCP+); empty: the local "
-            "BMC through /dev/ipmi0 (in-band, root)"
+            "doc": "the BMC (IPMI over LAN, RMCP+): host, address, host:port or [v6]:port; "
+            "empty: the local BMC through /dev/ipmi0 (in-band, root)"
         },
     )
-    port: int = field(default=623, metadata={"doc": "UDP port of the BMC"})
+    port: int = field(
+        default=DEFAULT_PORT,
+        metadata={"doc": "UDP port of the BMC; endpoint may carry it instead (host:port)"},
+    )
     username: str = field(default="", metadata={"doc": "BMC user (endpoint only)"})
     password_file: str = field(
         default="",
@@ -139,6 +144,17 @@ class IpmiConfig:
             )
         if not 0 < self.port <= MAX_PORT:
             raise ConfigError("port", f"must be 1 to {MAX_PORT}, got {self.port}")
+        # host:port, [v6]:port, a bare host or a bare IPv6 address; port 0: none written.
+        parsed = host_port(self.endpoint, 0, field="endpoint")
+        if parsed.port:
+            if self.port not in (DEFAULT_PORT, parsed.port):
+                raise ConfigError(
+                    "port",
+                    f"is {self.port} but endpoint {self.endpoint!r} says {parsed.port}; "
+                    "give the port once",
+                )
+            self.port = parsed.port
+        self.endpoint = parsed.host
 
 
 def address(host: str, port: int) -> str:
