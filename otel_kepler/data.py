@@ -13,7 +13,7 @@ Energies inside a batch are joules of *this interval* unless a field says
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 Component = Literal["cpu", "platform", "gpu"]
 Level = Literal["node", "process", "container", "pod", "vm"]
@@ -99,7 +99,43 @@ class GpuSample:
 
 @dataclass(slots=True)
 class Contribution:
-    """What one receiver returns for one tick. Fields it does not fill stay empty."""
+    """What one receiver returns for one tick. Fields it does not fill stay empty.
+
+    ``rejected`` counts the readings dropped this tick, by reason. The reasons are a
+    fixed vocabulary (:attr:`REASONS`), the same for every receiver:
+
+    ``unreadable``
+        the file or call failed (a vanished file, an I/O error, an NVML error, no
+        reading from the BMC);
+    ``empty``
+        the read returned nothing;
+    ``not_a_number``
+        the read returned text that is not a number (or a NaN);
+    ``negative``
+        a counter read below zero;
+    ``over_range``
+        a counter read above its published maximum (``max_energy_range_uj``);
+    ``backwards``
+        a counter read below the last good reading and not as a plausible wrap (a
+        reset, a driver reload);
+    ``implausible_jump``
+        a counter rose by more than its ``max_watts`` over the time since the last good
+        reading allows;
+    ``implausible_power``
+        a power reading below zero, above ``max_watts``, or the firmware's "no reading"
+        value (0xFFFFFFFF mW).
+    """
+
+    REASONS: ClassVar[tuple[str, ...]] = (
+        "unreadable",
+        "empty",
+        "not_a_number",
+        "negative",
+        "over_range",
+        "backwards",
+        "implausible_jump",
+        "implausible_power",
+    )
 
     energy: list[EnergyReading] = field(default_factory=list)
     cpu_usage_ratio: float | None = None
@@ -108,7 +144,20 @@ class Contribution:
     exited: list[ProcessSample] = field(default_factory=list)
     gauges: list[GaugeValue] = field(default_factory=list)
     gpus: list[GpuSample] = field(default_factory=list)
-    rejected: int = 0  # readings dropped as physically impossible this tick
+    #: readings dropped this tick: reason (one of REASONS) -> count
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` readings dropped for ``reason`` (one of :attr:`REASONS`)."""
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        if n > 0:
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+    @property
+    def rejected_total(self) -> int:
+        """All readings dropped this tick, whatever the reason."""
+        return sum(self.rejected.values())
 
 
 @dataclass(slots=True)

@@ -32,10 +32,13 @@ any other state the machine runs on external power that the battery does not see
 battery reports nothing (each change of state is logged once), and when no battery
 discharges there is no battery reading at all. Several batteries are summed.
 
-**Implausible readings** are dropped, counted in ``Contribution.rejected`` and logged
-once per meter or battery: 4294967295000 uW (0xFFFFFFFF mW, the "no reading" of some
-firmware), a negative power, power above ``max_watts``, and an ``energy_now`` that rises
-while discharging. The zone is then left out of that tick.
+**Implausible readings** are dropped, counted by reason in ``Contribution.rejected`` and
+logged once per meter or battery: 4294967295000 uW (0xFFFFFFFF mW, the "no reading" of
+some firmware), a negative power, power above ``max_watts`` (``implausible_power``), an
+``energy_now`` that rises while discharging (``backwards``) or falls faster than
+``max_watts`` allows (``implausible_jump``). A file that cannot be read, reads empty or
+not a number is counted too (``unreadable``, ``empty``, ``not_a_number``). The zone is
+then left out of that tick.
 """
 
 from __future__ import annotations
@@ -174,13 +177,14 @@ class _Battery:
         path = self.sensors[0].path
         used = previous - uwh
         if used < 0:
-            raise Implausible(f"{path} rose by {-used:.0f} uWh while discharging")
+            raise Implausible(f"{path} rose by {-used:.0f} uWh while discharging", "backwards")
         joules = used * JOULES_PER_UWH
         if joules > max_watts * elapsed:
             watts = joules / elapsed if elapsed > 0 else float("inf")
             raise Implausible(
                 f"{path} fell by {used:.0f} uWh in {elapsed:.3f}s "
-                f"({watts:.0f} W > max_watts {max_watts:g})"
+                f"({watts:.0f} W > max_watts {max_watts:g})",
+                "implausible_jump",
             )
         return joules
 
@@ -284,35 +288,36 @@ class AcpiReceiver(Receiver):
         elapsed = None if self._last_tick is None else now - self._last_tick
         self._last_tick = now
         self._reader.read_all()
-        energy: list[EnergyReading] = []
-        rejected = 0
-        for zone, joules, dropped in (self._meters(elapsed), self._batteries(elapsed)):
-            rejected += dropped
+        part = Contribution()
+        for zone, joules in (self._meters(elapsed, part), self._batteries(elapsed, part)):
             if joules is not None:
-                energy.append(
+                part.energy.append(
                     EnergyReading(component="platform", zone=zone, source="acpi", joules=joules)
                 )
-        return Contribution(energy=energy, rejected=rejected)
+        return part
 
-    def _meters(self, elapsed: float | None) -> tuple[str, float | None, int]:
-        """("platform", joules or None, rejected readings) of all meters together."""
+    def _meters(self, elapsed: float | None, part: Contribution) -> tuple[str, float | None]:
+        """("platform", joules or None) of all meters together; rejections go to ``part``."""
         total: float | None = 0.0 if self.meters else None
-        rejected = 0
         for meter in self.meters:
+            if meter.sensor.value is None:  # logged by the reader
+                part.reject(meter.sensor.error or "unreadable")
+                total = None
+                continue
             try:
                 joules = meter.measure(elapsed, self.config.max_watts)
             except Implausible as err:
                 self._reject(f"power meter {meter.device}", str(err))
-                rejected += 1
+                part.reject(err.reason)
                 joules = None
             total = None if joules is None or total is None else total + joules
-        return "platform", total, rejected
+        return "platform", total
 
-    def _batteries(self, elapsed: float | None) -> tuple[str, float | None, int]:
-        """("battery", joules or None, rejected readings) of the discharging batteries."""
+    def _batteries(self, elapsed: float | None, part: Contribution) -> tuple[str, float | None]:
+        """("battery", joules or None) of the discharging batteries; rejections to ``part``."""
         total = 0.0
         complete = True
-        discharging = rejected = 0
+        discharging = 0
         for battery in self.batteries:
             status = battery.current_status()
             self._note_status(battery, status)
@@ -321,17 +326,20 @@ class AcpiReceiver(Receiver):
                 complete = complete and status is not None
                 continue
             discharging += 1
+            failed = next((s for s in battery.sensors if s.value is None), None)
+            if failed is not None:  # logged by the reader
+                part.reject(failed.error or "unreadable")
             try:
                 joules = battery.measure(elapsed, self.config.max_watts)
             except Implausible as err:
                 self._reject(f"battery {battery.name}", str(err))
-                rejected += 1
+                part.reject(err.reason)
                 joules = None
             if joules is None:
                 complete = False
             else:
                 total += joules
-        return "battery", total if discharging and complete else None, rejected
+        return "battery", total if discharging and complete else None
 
     def _note_status(self, battery: _Battery, status: str | None) -> None:
         if status is None or status == battery.state:

@@ -78,6 +78,8 @@ from otel_kepler.component import Availability, ComponentError, Factory, HostSet
 from otel_kepler.data import Component, Contribution, EnergyReading, GaugeValue
 from otel_kepler.schema import ConfigError
 
+from .counter import EnergyCounter, Rejected
+
 log = logging.getLogger(__name__)
 
 Use = Literal["cpu", "platform", "gpu", "off"]
@@ -92,8 +94,30 @@ DEFAULT_RULES: dict[str, Use] = {"amd_energy/Ecore*": "off", "power_meter/*": "o
 CPU_CHIPS = frozenset({"amd_energy", "fam15h_power", "zenpower"})
 #: Chips whose power and energy channels are all a GPU's.
 GPU_CHIPS = frozenset({"amdgpu", "i915", "nouveau", "radeon", "xe"})
-#: Chips whose inN_input is the bus voltage of currN_input, for these N.
-PAIRED_CHIPS: dict[str, range] = {"ina3221": range(1, 4)}
+#: Chips whose driver pairs voltage and current channels by index: inV -> currC of the
+#: same rail (shunt voltages and auxiliary inputs are in none of these pairs).
+INDEX_PAIRS: dict[str, dict[int, int]] = {
+    "ina3221": {1: 1, 2: 2, 3: 3},  # in4..7: shunt voltages
+    "ina209": {1: 1},  # in0: shunt voltage
+    "ina219": {1: 1},
+    "ina226": {1: 1},
+    "ina233": {1: 1},
+    "ina238": {1: 1},
+    "ina260": {1: 1},
+    "ltc2945": {1: 1},  # in2: auxiliary ADC
+    "ltc2947": {0: 1},
+    "ltc2992": {0: 1, 2: 2},  # in1, in3: delta-sense; in4, in5: GPIO
+    "ltc4260": {1: 1},
+    "ltc4261": {1: 1},
+    "ltc4282": {1: 1},
+    "adm1275": {1: 1},  # PMBus hot-swap controllers: VIN x the current through the switch
+    "adm1276": {1: 1},
+    "adm1278": {1: 1},
+    "adm1293": {1: 1},
+    "max20730": {2: 1},  # PMBus regulators: VOUT (in2) x IOUT (curr1)
+    "max20751": {2: 1},
+    "mp2975": {1: 1},  # curr2..: per-phase currents
+}
 #: Chips whose inN_input is in uV, not mV, for these N (INA3221 shunt voltages).
 MICROVOLT_INPUTS: dict[str, range] = {"ina3221": range(4, 8)}
 
@@ -107,6 +131,8 @@ _CPU_LABEL = re.compile(
 )
 _GPU_LABEL = re.compile(r"(?<![a-z])gpu\d*(?![a-z])", re.I)
 _DIGITS = re.compile(r"\d+")
+_NOT_NAME = re.compile(r"[^a-z0-9:_]")
+_PMBUS_VOUT = re.compile(r"vout(\d*)")
 _READ_SIZE = 64
 
 
@@ -156,8 +182,11 @@ class HwmonConfig:
 # -- reading sysfs files ---------------------------------------------------------------------
 
 
-class Implausible(Exception):
-    """A reading that cannot be physical; the message says what was read."""
+class Implausible(Rejected):
+    """A power reading that cannot be physical; the message says what was read."""
+
+    def __init__(self, message: str, reason: str = "implausible_power") -> None:
+        super().__init__(reason, message)
 
 
 @dataclass(slots=True)
@@ -171,6 +200,7 @@ class Sensor:
     value: int | None = None  # None: unreadable this tick (0 for a text file that read)
     raw: bytes = b""
     failing: bool = False  # the last read failed (logged once until it reads again)
+    error: str = ""  # why the last read failed: unreadable, empty or not_a_number
 
 
 class SensorReader:
@@ -245,6 +275,7 @@ class SensorReader:
 
     def _failed(self, sensor: Sensor, err: Exception) -> None:
         sensor.value = None
+        sensor.error = failure(err, sensor.raw)
         if sensor.fd >= 0:
             os.close(sensor.fd)
             sensor.fd = -1
@@ -297,6 +328,13 @@ def read_text(path: str) -> str:
     return _read_bytes(path).decode("utf-8", "replace").strip()
 
 
+def failure(err: Exception, data: bytes = b"") -> str:
+    """The ``Contribution.rejected`` reason of a failed read."""
+    if isinstance(err, OSError):
+        return "unreadable"
+    return "empty" if not data.strip() else "not_a_number"
+
+
 def reason(err: Exception, data: bytes = b"") -> str:
     """Why a read failed, in a few words."""
     if isinstance(err, OSError):
@@ -327,6 +365,9 @@ class Chip:
     instance: str  # base name of its device (coretemp.0), or hwmonN without one
     path: str  # <sysfs>/class/hwmon/hwmonN
     files: dict[str, str]  # attribute file name -> path (hwmonN first, then device/)
+    #: what names its unlabelled zones (<chip_id>_power1), as Kepler does: the device's
+    #: parent and base name (platform_nct6775_656), else the name, else hwmonN
+    chip_id: str = ""
 
     @property
     def key(self) -> str:
@@ -345,7 +386,7 @@ class Chip:
 
 
 def find_chips(class_dir: str) -> list[Chip]:
-    """Every hwmon device under ``class_dir`` that has a name, in hwmonN order."""
+    """Every hwmon device under ``class_dir``, in hwmonN order."""
     chips: list[Chip] = []
     for entry in sorted(listdir(class_dir), key=_number_order):
         chip = read_chip(os.path.join(class_dir, entry))
@@ -355,6 +396,7 @@ def find_chips(class_dir: str) -> list[Chip]:
 
 
 def read_chip(path: str) -> Chip | None:
+    """The chip of ``hwmonN``: named by ``name``, else ``device/name``, else ``hwmonN``."""
     device = os.path.join(path, "device")
     files: dict[str, str] = {}
     for directory in (device, path):  # hwmonN overrides device/ (older drivers use it)
@@ -362,21 +404,33 @@ def read_chip(path: str) -> Chip | None:
             if entry == "name" or _ATTRIBUTE.fullmatch(entry):
                 files[entry] = os.path.join(directory, entry)
     name_file = files.pop("name", None)
-    name = None
+    name = ""
     if name_file is not None:
         try:
             name = read_text(name_file)
         except OSError as err:
-            log.warning("hwmon: skipping %s: cannot read %s: %s", path, name_file, reason(err))
-            return None
+            log.warning("hwmon: %s: cannot read %s: %s", path, name_file, reason(err))
     if not name:
-        log.info("hwmon: skipping %s: it has no name", path)
-        return None
+        name = os.path.basename(path)
+        log.info("hwmon: %s has no name: called %s", path, name)
     if os.path.isdir(device):
         instance = os.path.basename(os.path.realpath(device))
     else:
         instance = os.path.basename(path)
-    return Chip(name, instance, path, files)
+    return Chip(name, instance, path, files, chip_id(path, name))
+
+
+def chip_id(path: str, name: str) -> str:
+    """Kepler's chip name, for unlabelled zones: ``<device parent>_<device>``, cleaned
+    (platform_nct6775_656), else the chip's name, else the hwmonN directory."""
+    device = os.path.join(path, "device")
+    if os.path.exists(device):
+        real = os.path.realpath(device)
+        base = clean(os.path.basename(real))
+        parent = clean(os.path.basename(os.path.dirname(real)))
+        if base:
+            return f"{parent}_{base}" if parent else base
+    return clean(name) or clean(os.path.basename(os.path.realpath(path)))
 
 
 def _number_order(entry: str) -> tuple[int, str]:
@@ -384,9 +438,16 @@ def _number_order(entry: str) -> tuple[int, str]:
     return (int(digits[-1]) if digits else -1, entry)
 
 
+def clean(text: str) -> str:
+    """A zone name as Kepler makes it: lower case, every character other than a-z, 0-9,
+    ``:`` and ``_`` turned into ``_``, no ``_`` at either end (``Package id 0`` ->
+    ``package_id_0``, ``VDD-IN`` -> ``vdd_in``)."""
+    return _NOT_NAME.sub("_", text.strip().lower()).strip("_")
+
+
 def normalise(label: str) -> str:
-    """A zone name from a label: lower case, runs of blanks as one underscore."""
-    return "_".join(label.lower().split())
+    """A zone name from a label (see :func:`clean`)."""
+    return clean(label)
 
 
 def classify(chip: str, label: str, rules: dict[str, Use]) -> Use:
@@ -430,33 +491,30 @@ _GAUGES: dict[str, tuple[str, str, str, str, float]] = {
 
 @dataclass(slots=True)
 class _Energy:
-    """An ``energyN_input`` counter in uJ."""
+    """An ``energyN_input`` counter in uJ, validated by the shared counter rule."""
 
     id: str  # chip/label, for logs
     component: Component
     zone: str
     sensor: Sensor
-    previous: int | None = None
+    counter: EnergyCounter
 
-    def measure(self, elapsed: float | None, max_watts: float) -> float | None:
-        current = self.sensor.value
-        previous, self.previous = self.previous, current
-        if current is None or previous is None or elapsed is None:
-            return None
-        delta = current - previous
-        if delta < 0:
-            raise Implausible(f"{self.sensor.path} went backwards by {-delta} uJ (a counter reset)")
-        if delta > max_watts * elapsed * 1e6:
-            raise Implausible(
-                f"{self.sensor.path} rose by {delta} uJ in {elapsed:.3f}s "
-                f"({_watts(delta / 1e6, elapsed)} W > max_watts {max_watts:g})"
-            )
-        return delta / 1e6
+    @property
+    def sensors(self) -> tuple[Sensor, ...]:
+        return (self.sensor,)
+
+    def miss(self) -> None:
+        self.counter.fail()
+
+    def measure(self, now: float, elapsed: float | None, max_watts: float) -> float | None:
+        """Joules since the last good reading; None while priming; Rejected if impossible."""
+        assert self.sensor.value is not None
+        return self.counter.update(self.sensor.value, now)
 
 
 @dataclass(slots=True)
 class _Power:
-    """``powerN_average``, ``powerN_input`` (one sensor, uW) or ``inN`` x ``currN`` (mV x mA)."""
+    """``powerN_average``, ``powerN_input`` (one sensor, uW) or ``inN`` x ``currM`` (mV x mA)."""
 
     id: str
     component: Component
@@ -469,14 +527,19 @@ class _Power:
     def source(self) -> str:
         return " x ".join(s.path for s in self.sensors)
 
-    def measure(self, elapsed: float | None, max_watts: float) -> float | None:
+    def miss(self) -> None:
+        self.previous_w = None
+
+    def measure(self, now: float, elapsed: float | None, max_watts: float) -> float | None:
         microwatts = 1
         for sensor in self.sensors:
-            if sensor.value is None:
-                self.previous_w = None
-                return None
+            assert sensor.value is not None
             microwatts *= sensor.value
-        watts = check_power(self.source, microwatts, max_watts)
+        try:
+            watts = check_power(self.source, microwatts, max_watts)
+        except Implausible:
+            self.previous_w = None
+            raise
         previous, self.previous_w = self.previous_w, watts
         if elapsed is None:
             return None
@@ -497,10 +560,6 @@ def check_power(source: str, microwatts: int, max_watts: float) -> float:
     if watts > max_watts:
         raise Implausible(f"{source} reads {watts:g} W > max_watts {max_watts:g}")
     return watts
-
-
-def _watts(joules: float, elapsed: float) -> str:
-    return f"{joules / elapsed:.0f}" if elapsed > 0 else "inf"
 
 
 Channel = _Energy | _Power
@@ -592,9 +651,18 @@ class HwmonReceiver(Receiver):
     def _open_chip(self, chip: Chip) -> ChipReport:
         report = ChipReport(chip.key)
         indexes = _indexes(chip)
-        power_indexes = sorted(indexes["energy"] | indexes["power"] | _pairs(chip, indexes))
-        for index in power_indexes:
-            self._open_power(chip, index, report)
+        measured = indexes["energy"] | indexes["power"]
+        zones: set[str] = set()
+        for index in sorted(measured):
+            zone = self._open_power(chip, index, report)
+            if zone is not None:
+                zones.add(zone)
+        for pair in find_pairs(chip, indexes):
+            if pair.voltage in measured or pair_zone(chip, pair) in zones:
+                continue  # the chip measures that power itself
+            if pair.power_label and pair.power_label in zones:
+                continue
+            self._open_pair(chip, pair, report)
         if self.config.gauges:
             for kind in _GAUGES:
                 for index in sorted(indexes[kind]):
@@ -605,28 +673,50 @@ class HwmonReceiver(Receiver):
             )
         return report
 
-    def _open_power(self, chip: Chip, index: int, report: ChipReport) -> None:
-        mode, attributes = _power_files(chip, index)
-        kinds = [attribute.split(str(index), 1)[0] for attribute in attributes]
-        if not all(_enabled(chip, kind, index) for kind in kinds):
+    def _open_power(self, chip: Chip, index: int, report: ChipReport) -> str | None:
+        """Open channel N's energy or power; its zone, or None where it is not used."""
+        mode, attribute = _power_file(chip, index)
+        kind = "energy" if mode == "energy" else "power"
+        if not _enabled(chip, kind, index):
+            return None
+        label = chip.text(f"{kind}{index}_label") or ""
+        channel_name = label or f"{kind}{index}"
+        zone = clean(label) or f"{chip.chip_id}_{kind}{index}"
+        use = classify(chip.name, channel_name, self.config.channels)
+        if use == "off":
+            report.off += 1
+            return zone
+        sensors = self._sensors(chip, [attribute], report)
+        if sensors is None:
+            return None
+        ident = f"{chip.key}/{channel_name}"
+        channel: Channel
+        if mode == "energy":
+            counter = EnergyCounter(sensors[0].path, self.config.max_watts, 1e-6)
+            channel = _Energy(ident, use, zone, sensors[0], counter)
+        else:
+            channel = _Power(ident, use, zone, tuple(sensors), averaged=mode == "average")
+        self._channels.append(channel)
+        report.zones.append(f"{use} {zone}")
+        return zone
+
+    def _open_pair(self, chip: Chip, pair: Pair, report: ChipReport) -> None:
+        """Open inV x currC as one power channel (averaged where the chip averages both)."""
+        if not (_enabled(chip, "in", pair.voltage) and _enabled(chip, "curr", pair.current)):
             return
-        label = chip.text(f"{kinds[0]}{index}_label") or ""
-        channel_name = label or f"{kinds[0]}{index}"
+        channel_name = pair.label or f"in{pair.voltage}"
         use = classify(chip.name, channel_name, self.config.channels)
         if use == "off":
             report.off += 1
             return
+        averaged = all(f in chip.files for f in pair.files("average"))
+        attributes = pair.files("average" if averaged else "input")
         sensors = self._sensors(chip, attributes, report)
         if sensors is None:
             return
+        zone = pair_zone(chip, pair)
         ident = f"{chip.key}/{channel_name}"
-        zone = normalise(label) if label else f"{chip.name}_{index}"
-        channel: Channel
-        if mode == "energy":
-            channel = _Energy(ident, use, zone, sensors[0])
-        else:
-            channel = _Power(ident, use, zone, tuple(sensors), averaged=mode == "average")
-        self._channels.append(channel)
+        self._channels.append(_Power(ident, use, zone, tuple(sensors), averaged=averaged))
         report.zones.append(f"{use} {zone}")
 
     def _open_gauge(self, chip: Chip, kind: str, index: int, report: ChipReport) -> None:
@@ -668,50 +758,58 @@ class HwmonReceiver(Receiver):
         elapsed = None if self._last_tick is None else now - self._last_tick
         self._last_tick = now
         self._reader.read_all()
-        gauges = [
+        part = Contribution()
+        part.gauges = [
             GaugeValue(g.name, g.unit, g.description, g.sensor.value / g.divisor, g.attributes)
             for g in self._gauges
             if g.sensor.value is not None
         ]
-        energy, rejected = self._energy(elapsed)
-        return Contribution(energy=energy, gauges=gauges, rejected=rejected)
+        part.energy = self._energy(now, elapsed, part)
+        return part
 
-    def _energy(self, elapsed: float | None) -> tuple[list[EnergyReading], int]:
+    def _energy(self, now: float, elapsed: float | None, part: Contribution) -> list[EnergyReading]:
+        """The joules of every zone whose channels measured this tick (summed).
+
+        A channel that failed to read or was rejected is counted in ``part`` and left
+        out; the rest of its zone is reported. An energy counter keeps its last good
+        reading, so its next good one covers the gap.
+        """
         joules: dict[tuple[Component, str], float] = {}
-        dropped: set[tuple[Component, str]] = set()
-        rejected = 0
         max_watts = self.config.max_watts
         for channel in self._channels:
-            key = (channel.component, channel.zone)
-            try:
-                value = channel.measure(elapsed, max_watts)
-            except Implausible as err:
-                self._reject(channel, str(err))
-                rejected += 1
-                dropped.add(key)
+            failed = next((s for s in channel.sensors if s.value is None), None)
+            if failed is not None:  # logged by the reader, once until it reads again
+                channel.miss()
+                part.reject(failed.error or "unreadable")
                 continue
-            if value is None:
-                dropped.add(key)
-            else:
+            try:
+                value = channel.measure(now, elapsed, max_watts)
+            except Rejected as err:
+                channel.miss()
+                part.reject(err.reason)
+                self._reject(channel, err)
+                continue
+            if value is not None:
+                key = (channel.component, channel.zone)
                 joules[key] = joules.get(key, 0.0) + value
-        readings = [
+        return [
             EnergyReading(component=component, zone=zone, source="hwmon", joules=value)
             for (component, zone), value in joules.items()
-            if (component, zone) not in dropped
         ]
-        return readings, rejected
 
-    def _reject(self, channel: Channel, what: str) -> None:
-        if channel.id in self._warned:
+    def _reject(self, channel: Channel, err: Rejected) -> None:
+        key = f"{channel.id} {err.reason}"
+        if key in self._warned:
             return
-        self._warned.add(channel.id)
+        self._warned.add(key)
         log.warning(
-            "hwmon: dropped an implausible reading of %s (%s zone %s): %s; "
-            "not exported (logged once per channel)",
+            "hwmon: rejected a reading of %s (%s zone %s, %s): %s; not exported "
+            "(logged once per channel and reason)",
             channel.id,
             channel.component,
             channel.zone,
-            what,
+            err.reason,
+            err.message,
         )
 
     def shutdown(self) -> None:
@@ -730,30 +828,76 @@ def _indexes(chip: Chip) -> dict[str, set[int]]:
     return found
 
 
-def _pairs(chip: Chip, indexes: dict[str, set[int]]) -> set[int]:
-    """Indexes N where inN x currN is the chip's power (and no power or energy N exists)."""
-    pairs: set[int] = set()
-    paired = PAIRED_CHIPS.get(chip.name)
-    for index in indexes["in"] & indexes["curr"]:
-        if f"in{index}_input" not in chip.files or f"curr{index}_input" not in chip.files:
-            continue
-        if paired is not None and index in paired:
-            pairs.add(index)
-            continue
-        label = chip.text(f"in{index}_label")
-        if label and label == chip.text(f"curr{index}_label"):
-            pairs.add(index)
-    return pairs - indexes["energy"] - indexes["power"]
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A voltage channel ``inV`` and the current channel ``currC`` of the same rail."""
+
+    voltage: int
+    current: int
+    label: str  # the voltage channel's label ("" if none)
+    power_label: str = ""  # the chip's own power channel for this rail, if it has one
+
+    def files(self, item: str) -> list[str]:
+        return [f"in{self.voltage}_{item}", f"curr{self.current}_{item}"]
 
 
-def _power_files(chip: Chip, index: int) -> tuple[str, list[str]]:
-    """How channel N measures (energy, average or input) and from which files, by preference."""
+def find_pairs(chip: Chip, indexes: dict[str, set[int]]) -> list[Pair]:
+    """The voltage x current pairs of ``chip``, by the first rule that applies:
+
+    1. a known chip (:data:`INDEX_PAIRS`): its driver's pairing of indexes;
+    2. labels: a voltage and a current channel with the same label (cleaned), or the
+       PMBus core's labels ``voutN`` and ``ioutN`` of the same output N.
+
+    An unknown chip without such labels gets no pair: its indexes do not say which
+    current flows at which voltage.
+    """
+    volts = {i for i in indexes["in"] if f"in{i}_input" in chip.files}
+    currents = {i for i in indexes["curr"] if f"curr{i}_input" in chip.files}
+    if not volts or not currents:
+        return []
+    rule = INDEX_PAIRS.get(chip.name)
+    if rule is not None:
+        return [
+            Pair(v, c, chip.text(f"in{v}_label") or "")
+            for v, c in sorted(rule.items())
+            if v in volts and c in currents
+        ]
+    current_labels: dict[str, int] = {}
+    for index in sorted(currents):
+        label = clean(chip.text(f"curr{index}_label") or "")
+        if label:
+            current_labels.setdefault(label, index)
+    pairs: list[Pair] = []
+    used: set[int] = set()
+    for index in sorted(volts):
+        label = chip.text(f"in{index}_label") or ""
+        key = clean(label)
+        if not key:
+            continue
+        current = current_labels.get(key)
+        power_label = ""
+        output = _PMBUS_VOUT.fullmatch(key)
+        if current is None and output is not None:
+            current = current_labels.get(f"iout{output.group(1)}")
+            power_label = f"pout{output.group(1)}"
+        if current is not None and current not in used:
+            used.add(current)
+            pairs.append(Pair(index, current, label, power_label))
+    return pairs
+
+
+def pair_zone(chip: Chip, pair: Pair) -> str:
+    """The zone of a pair: its voltage label, else ``<chip>_power<V>`` (as Kepler names it)."""
+    return clean(pair.label) or f"{chip.chip_id}_power{pair.voltage}"
+
+
+def _power_file(chip: Chip, index: int) -> tuple[str, str]:
+    """How channel N measures (energy, average or input) and its file, by preference."""
     if f"energy{index}_input" in chip.files:
-        return "energy", [f"energy{index}_input"]
-    for item in ("average", "input"):
-        if f"power{index}_{item}" in chip.files:
-            return item, [f"power{index}_{item}"]
-    return "input", [f"in{index}_input", f"curr{index}_input"]
+        return "energy", f"energy{index}_input"
+    if f"power{index}_average" in chip.files:
+        return "average", f"power{index}_average"
+    return "input", f"power{index}_input"
 
 
 def _enabled(chip: Chip, kind: str, index: int) -> bool:

@@ -18,11 +18,16 @@ The running list alone is not trusted: on an H100 it came back empty while the
 utilisation samples showed the process, so both are reported and the attribution uses
 whichever has the process.
 
-The first collect only primes the counters. A counter that goes backwards (a driver
-reload) or jumps by more than ``max_watts`` over the interval is dropped, counted in
-``Contribution.rejected`` and logged once per GPU. A GPU whose reads fail costs only
-itself for that tick (logged once per distinct error) and primes again when it comes
-back. MIG instances are enumerated where MIG is enabled; energy and power exist only per
+The first collect only primes the counters. The energy counter goes through the
+counter rule of :mod:`otel_kepler.receivers.counter`: a reading that goes backwards (a
+driver reload) or rises by more than ``max_watts`` over the time since the last good
+reading is dropped, counted by reason in ``Contribution.rejected`` and logged once per
+GPU and reason; it never becomes the reference, so the next good reading counts from the
+last good one (a counter that really restarted primes again once two readings agree).
+A GPU whose reads fail costs only itself for that tick (counted as ``unreadable``,
+logged once per distinct error); its next good reading covers the gap. A GPU without
+an energy counter integrates its power and primes again after a failure. MIG
+instances are enumerated where MIG is enabled; energy and power exist only per
 physical GPU, so they are reported there, with the MIG mode and instance count as
 attributes.
 """
@@ -41,6 +46,8 @@ import pynvml
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
 from otel_kepler.data import Contribution, GpuSample
 from otel_kepler.schema import ConfigError
+
+from .counter import EnergyCounter, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +159,7 @@ class _Gpu:
     mig: list[MigInstance]
     energy_counter: bool = True  # False: integrate power (no counter before Volta)
     process_utilization: bool = True  # False once NVML said it cannot on this GPU
-    previous_mj: int | None = None
+    counter: EnergyCounter | None = None  # the energy counter's state, where it has one
     previous_mw: int | None = None
     previous_at: float | None = None
     last_seen_us: int = 0  # newest utilisation sample seen
@@ -169,7 +176,8 @@ class _Gpu:
         return {"mig_mode": "enabled", "mig_instances": str(len(self.mig))}
 
     def reprime(self) -> None:
-        self.previous_mj = self.previous_mw = None
+        """Integrate the power from the next reading on (a GPU without a counter)."""
+        self.previous_mw = None
         self.previous_at = None
 
 
@@ -306,7 +314,7 @@ class NvmlReceiver(Receiver):
         except pynvml.NVMLError as err:
             log.warning("%s: GPU %d left out: NVML cannot describe it: %s", self.name, index, err)
             return None
-        return _Gpu(
+        gpu = _Gpu(
             index=index,
             handle=handle,
             uuid=uuid,
@@ -315,6 +323,11 @@ class NvmlReceiver(Receiver):
             mig=self._mig_instances(index, handle),
             energy_counter=_has_energy_counter(handle),
         )
+        if gpu.energy_counter:
+            gpu.counter = EnergyCounter(
+                f"the energy counter of {gpu.label}", self.config.max_watts, 1e-3
+            )
+        return gpu
 
     def _mig_instances(self, index: int, handle: Any) -> list[MigInstance]:
         try:
@@ -388,28 +401,27 @@ class NvmlReceiver(Receiver):
     def collect(self) -> Contribution:
         part = Contribution()
         for gpu in self._gpus:
-            reading = self._read(gpu)
+            reading = self._read(gpu, part)
             if reading is None:
                 continue
-            sample, rejected = self._sample(gpu, reading)
-            part.rejected += rejected
+            sample = self._sample(gpu, reading, part)
             if sample is not None:
                 part.gpus.append(sample)
         return part
 
-    def _read(self, gpu: _Gpu) -> _Reading | None:
-        """This tick's reads of one GPU; None (logged once) when its energy cannot be read."""
+    def _read(self, gpu: _Gpu, part: Contribution) -> _Reading | None:
+        """This tick's reads of one GPU; None (counted, logged once) when its energy fails."""
         try:
             energy = self._energy(gpu)
         except pynvml.NVMLError as err:
-            self._fail(gpu, f"{ENERGY_CALL} failed: {err}")
+            self._fail(gpu, f"{ENERGY_CALL} failed: {err}", part)
             return None
         at = self._clock()
         try:
             power: int | None = int(pynvml.nvmlDeviceGetPowerUsage(gpu.handle))
         except pynvml.NVMLError as err:
             if not gpu.energy_counter:  # the power is its energy: nothing to report
-                self._fail(gpu, f"{POWER_CALL} failed: {err}")
+                self._fail(gpu, f"{POWER_CALL} failed: {err}", part)
                 return None
             self._log_once(
                 gpu,
@@ -417,7 +429,7 @@ class NvmlReceiver(Receiver):
             )
             power = None
         if gpu.failing is not None:
-            log.info("%s: %s reads again; it primes this tick", self.name, gpu.label)
+            log.info("%s: %s reads again", self.name, gpu.label)
             gpu.failing = None
         return _Reading(energy, power, at, self._running(gpu), self._sm_util(gpu))
 
@@ -426,29 +438,40 @@ class NvmlReceiver(Receiver):
             return None
         return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
 
-    def _fail(self, gpu: _Gpu, message: str) -> None:
-        """Leave the GPU out until it reads again; it primes then. Logged once per error."""
+    def _fail(self, gpu: _Gpu, message: str, part: Contribution) -> None:
+        """Leave the GPU out of this tick, counted as unreadable; logged once per error.
+
+        A GPU with an energy counter keeps its last good reading (the next one covers the
+        gap); one without integrates its power afresh from the next reading.
+        """
+        part.reject("unreadable")
+        if gpu.counter is not None:
+            gpu.counter.fail()
         gpu.reprime()
         if gpu.failing != message:
             gpu.failing = message
             self._log_once(gpu, f"{message}; the GPU is left out until it reads again")
 
-    def _sample(self, gpu: _Gpu, reading: _Reading) -> tuple[GpuSample | None, int]:
-        """The GPU's sample and the number of readings rejected; no sample while priming."""
-        previous_mj, previous_mw, previous_at = gpu.previous_mj, gpu.previous_mw, gpu.previous_at
-        gpu.previous_mj, gpu.previous_mw = reading.energy_mj, reading.power_mw
-        gpu.previous_at = reading.at
-        if previous_at is None:
-            return None, 0
-        elapsed = reading.at - previous_at
-        if reading.energy_mj is not None and previous_mj is not None:
-            joules = self._counter_joules(gpu, previous_mj, reading.energy_mj, elapsed)
+    def _sample(self, gpu: _Gpu, reading: _Reading, part: Contribution) -> GpuSample | None:
+        """The GPU's sample; None while priming or when its energy was rejected."""
+        previous_mw, previous_at = gpu.previous_mw, gpu.previous_at
+        gpu.previous_mw, gpu.previous_at = reading.power_mw, reading.at
+        if reading.energy_mj is not None and gpu.counter is not None:
+            counted = self._counter_joules(gpu, gpu.counter, reading, part)
+            if counted is None:
+                return None
+            joules, elapsed = counted
         else:
-            joules = self._integrated_joules(gpu, previous_mw, reading.power_mw, elapsed)
-        if joules is None:
-            return None, 1
-        watts, rejected = self._watts(gpu, reading.power_mw, joules, elapsed)
-        sample = GpuSample(
+            if previous_at is None:
+                return None
+            elapsed = reading.at - previous_at
+            integrated = self._integrated_joules(gpu, previous_mw, reading.power_mw, elapsed)
+            if integrated is None:
+                part.reject("implausible_power")
+                return None
+            joules = integrated
+        watts = self._watts(gpu, reading.power_mw, joules, elapsed, part)
+        return GpuSample(
             index=gpu.index,
             uuid=gpu.uuid,
             name=gpu.name,
@@ -459,31 +482,35 @@ class NvmlReceiver(Receiver):
             idle_watts=gpu.idle_watts,
             attributes=gpu.attributes,
         )
-        return sample, rejected
 
     def _counter_joules(
-        self, gpu: _Gpu, previous_mj: int, current_mj: int, elapsed: float
-    ) -> float | None:
-        """The counter's delta in J, or None (logged once) when it is impossible."""
-        delta_mj = current_mj - previous_mj
-        if delta_mj < 0:
+        self, gpu: _Gpu, counter: EnergyCounter, reading: _Reading, part: Contribution
+    ) -> tuple[float, float] | None:
+        """(joules, seconds) since the last good reading; None while priming or rejected."""
+        assert reading.energy_mj is not None
+        since = counter.baseline_at if counter.baseline is not None else None
+        restarts = counter.restarts
+        try:
+            joules = counter.update(reading.energy_mj, reading.at)
+        except Rejected as err:
+            part.reject(err.reason)
             self._log_once(
                 gpu,
-                f"dropped a reading: the energy counter went backwards from {previous_mj} to "
-                f"{current_mj} mJ (a driver reload?); counting resumes from the new value",
-                kind="backwards",
+                f"dropped a reading ({err.reason}): {err.message}; not exported, the next "
+                "good reading counts from the last good one",
+                kind=err.reason,
             )
             return None
-        if delta_mj > self.config.max_watts * elapsed * 1000.0:
+        if counter.restarts != restarts:
             self._log_once(
                 gpu,
-                f"dropped an implausible reading: the energy counter rose by {delta_mj} mJ in "
-                f"{elapsed:.3f}s ({_power(delta_mj / 1000.0, elapsed)} > max_watts "
-                f"{self.config.max_watts:g}); not exported",
-                kind="jump",
+                "the energy counter restarted from a new level (a driver reload?); counting "
+                "resumes from there",
+                kind="restart",
             )
+        if joules is None or since is None:
             return None
-        return delta_mj / 1000.0
+        return joules, reading.at - since
 
     def _integrated_joules(
         self, gpu: _Gpu, previous_mw: int | None, current_mw: int | None, elapsed: float
@@ -505,22 +532,28 @@ class NvmlReceiver(Receiver):
         return (previous_mw + current_mw) / 2000.0 * max(elapsed, 0.0)
 
     def _watts(
-        self, gpu: _Gpu, power_mw: int | None, joules: float, elapsed: float
-    ) -> tuple[float, int]:
-        """The power now, and 1 if the reading was rejected; the interval's average if not."""
+        self,
+        gpu: _Gpu,
+        power_mw: int | None,
+        joules: float,
+        elapsed: float,
+        part: Contribution,
+    ) -> float:
+        """The power now; the interval's average if it was not read or is implausible."""
         average = joules / elapsed if elapsed > 0 else 0.0
         if power_mw is None:
-            return average, 0
+            return average
         watts = power_mw / 1000.0
         if watts <= self.config.max_watts:
-            return watts, 0
+            return watts
+        part.reject("implausible_power")
         self._log_once(
             gpu,
             f"dropped an implausible power reading of {watts:.0f} W (> max_watts "
             f"{self.config.max_watts:g}); the energy counter's average power stands in",
             kind="power",
         )
-        return average, 1
+        return average
 
     def _running(self, gpu: _Gpu) -> list[int]:
         """Pids of the compute processes NVML lists on this GPU; [] if it cannot tell."""

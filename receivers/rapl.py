@@ -1,19 +1,24 @@
 """The ``rapl`` receiver: CPU energy from the kernel's powercap interface (Intel/AMD RAPL).
 
-The ``intel_rapl_msr`` driver publishes one powercap zone per socket and RAPL
-domain. Under ``<sysfs>/class/powercap``::
+The ``intel_rapl_msr`` driver (also on AMD CPUs) publishes one powercap zone per
+socket and RAPL domain. Under ``<sysfs>/class/powercap``::
 
     intel-rapl          the control type itself: no energy_uj, skipped
     intel-rapl:0        package-0 (socket 0); intel-rapl:1 package-1 or psys; a
-                        top-level dram on some servers
+                        top-level dram on some servers. The id is hexadecimal: the
+                        eleventh package is intel-rapl:a
     intel-rapl:0:0      sub-zones core, uncore, dram: also inside intel-rapl:0/
-    intel-rapl-mmio:0   the package counter again, read through MMIO: skipped
+    intel-rapl-mmio:0   the package counter again, read through MMIO: used only for a
+                        package that has no intel-rapl zone of its own
 
 Each zone has a monotonically increasing ``energy_uj`` that wraps at
-``max_energy_range_uj``. Per tick the receiver takes the wrap-corrected delta of
-every zone file, sums the sockets of the same zone (package, core, uncore,
-dram, psys) and reports joules. A delta above ``max_watts`` over the interval
-is not energy but a counter jump (a reset, a firmware glitch): it is dropped.
+``max_energy_range_uj``. Per tick the receiver reads every zone file, validates it by
+the counter rule of :mod:`otel_kepler.receivers.counter` (wrap-corrected delta from
+the last good reading, within ``max_watts`` over the time since; a bad reading is
+rejected, counted by reason in ``Contribution.rejected`` and never becomes the
+reference), sums the sockets of the same zone (package, core, uncore, dram, psys) and
+reports joules. A socket whose reading was rejected or unreadable is left out of the
+tick; its energy is counted by its next good reading.
 """
 
 from __future__ import annotations
@@ -28,17 +33,22 @@ from typing import Literal
 
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
 from otel_kepler.data import Contribution, EnergyReading
-from otel_kepler.receivers.estimator import EstimatorConfig, EstimatorReceiver
 from otel_kepler.schema import ConfigError
+
+from .counter import EnergyCounter, Rejected, parse
+from .estimator import EstimatorConfig, EstimatorReceiver
 
 log = logging.getLogger(__name__)
 
 #: Zone names as reported (``package-N`` is reported as ``package``).
 ZONES = ("core", "dram", "package", "psys", "uncore")
 
-_TOP_ZONE = re.compile(r"intel-rapl:\d+")
-_SUB_ZONE = re.compile(r"intel-rapl:\d+:\d+")
-_NUMBERS = re.compile(r"\d+")
+#: Zone directories ``<control type>:<id>[:<id>]``: the ids are hexadecimal (the kernel
+#: names the eleventh package zone intel-rapl:a). The control type is intel-rapl (also on
+#: AMD), or another vendor's ``<vendor>-rapl``; ``-mmio`` marks the MMIO interface.
+_TOP_ZONE = re.compile(r"[a-z0-9]+-rapl(-mmio)?:[0-9a-f]+")
+_SUB_ZONE = re.compile(r"[a-z0-9]+-rapl(-mmio)?:[0-9a-f]+:[0-9a-f]+")
+_IDS = re.compile(r":([0-9a-f]+)")
 
 PERMISSION_FIX = (
     "energy_uj is readable only by root since Linux 5.10 (CVE-2020-8694): run the agent as "
@@ -87,24 +97,29 @@ class RaplConfig:
 
 @dataclass(slots=True)
 class _Counter:
-    """One zone file of one socket: where to read it and what it read last."""
+    """One zone file of one socket: where to read it and its counter's state."""
 
     zone: str  # normalised name
     path: str  # its energy_uj
-    max_range_uj: int
-    previous_uj: int | None = None
-    read_at: float = 0.0  # clock time of previous_uj
+    counter: EnergyCounter
     failing: bool = False  # the last read failed (logged once until it reads again)
+
+    @property
+    def max_range_uj(self) -> int:
+        return self.counter.max_range or 0
 
 
 def read_int(path: str) -> int:
     """Read a small sysfs integer file with two system calls and no buffering."""
+    return int(_read_bytes(path))
+
+
+def _read_bytes(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        data = os.read(fd, 64)
+        return os.read(fd, 64)
     finally:
         os.close(fd)
-    return int(data)
 
 
 def normalise(name: str) -> str | None:
@@ -114,20 +129,14 @@ def normalise(name: str) -> str | None:
     return name if name in ZONES else None
 
 
-def wrapped_delta(previous: int, current: int, max_range: int) -> int:
-    """Energy between two reads of a counter that wraps at ``max_range``."""
-    if current >= previous:
-        return current - previous
-    return (max_range - previous) + current
-
-
 def zone_dirs(powercap: str) -> list[str]:
-    """The intel-rapl zone directories under ``powercap``, each once, in socket order.
+    """The RAPL zone directories under ``powercap``, each once, in socket order.
 
     Top-level zones are the class links ``intel-rapl:N``; sub-zones have class
     links too but live inside their parent, so both places are looked at and
-    duplicates (the same real directory) removed. The control type
-    ``intel-rapl`` and the ``intel-rapl-mmio`` tree do not match the patterns.
+    duplicates (the same real directory) removed. The control types themselves
+    (``intel-rapl``) do not match. MMIO zones come after the others, so that the
+    caller can keep them only where they are not a duplicate.
     """
     candidates: list[str] = []
     entries = _listdir(powercap)
@@ -145,8 +154,13 @@ def zone_dirs(powercap: str) -> list[str]:
     return sorted(unique.values(), key=_socket_order)
 
 
-def _socket_order(path: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in _NUMBERS.findall(os.path.basename(path)))
+def is_mmio(directory: str) -> bool:
+    return "-mmio:" in os.path.basename(directory)
+
+
+def _socket_order(path: str) -> tuple[int, tuple[int, ...]]:
+    name = os.path.basename(path)
+    return (is_mmio(path), tuple(int(n, 16) for n in _IDS.findall(name)))
 
 
 def _listdir(path: str) -> list[str]:
@@ -180,8 +194,6 @@ class RaplReceiver(Receiver):
         self._clock = clock
         self._counters: list[_Counter] = []
         self._zones: list[str] = []  # reported zones, in output order
-        self._last_tick: float | None = None
-        self._warned_bogus: set[str] = set()
         self._fallback = (
             EstimatorReceiver(name, config.estimator, host, clock)
             if config.fallback == "estimator"
@@ -193,6 +205,11 @@ class RaplReceiver(Receiver):
     def zones(self) -> dict[str, int]:
         """Zone name -> number of sockets (counters) found by start()."""
         return {z: sum(1 for c in self._counters if c.zone == z) for z in self._zones}
+
+    @property
+    def paths(self) -> list[str]:
+        """The energy_uj files read, in socket order."""
+        return [c.path for c in self._counters]
 
     def start(self) -> None:
         try:
@@ -207,10 +224,17 @@ class RaplReceiver(Receiver):
     def _start_rapl(self) -> None:
         counters: list[_Counter] = []
         found: set[str] = set()
+        names: set[str] = set()  # raw names (package-0) of the non-MMIO zones
         for directory in zone_dirs(self.powercap):
-            counter = self._open_zone(directory)
-            if counter is None:
+            opened = self._open_zone(directory)
+            if opened is None:
                 continue
+            raw, counter = opened
+            if is_mmio(directory):
+                if raw in names:
+                    continue  # the same counter as intel-rapl's zone, read through MMIO
+            else:
+                names.add(raw)
             found.add(counter.zone)
             if not self._wanted or counter.zone in self._wanted:
                 counters.append(counter)
@@ -227,16 +251,22 @@ class RaplReceiver(Receiver):
         self._counters = counters
         self._zones = sorted({c.zone for c in counters})
 
-    def _open_zone(self, directory: str) -> _Counter | None:
-        """A counter for the zone in ``directory``; None (logged) if it is unusable."""
+    def _open_zone(self, directory: str) -> tuple[str, _Counter] | None:
+        """The zone's raw name and counter; None (logged) if it is unusable."""
         try:
-            zone = normalise(_read_name(directory))
+            raw = _read_name(directory)
             max_range = read_int(os.path.join(directory, "max_energy_range_uj"))
         except (OSError, ValueError) as err:
             log.warning("rapl: skipping zone %s: %s", directory, _reason(err))
             return None
+        zone = normalise(raw)
         if zone is None:
             log.info("rapl: skipping %s: its name is none of %s", directory, ", ".join(ZONES))
+            return None
+        if max_range <= 0:
+            log.warning(
+                "rapl: skipping zone %s: its max_energy_range_uj is %d", directory, max_range
+            )
             return None
         energy = os.path.join(directory, "energy_uj")
         try:
@@ -248,78 +278,75 @@ class RaplReceiver(Receiver):
         except (OSError, ValueError) as err:
             log.warning("rapl: skipping zone %s: cannot read %s: %s", zone, energy, _reason(err))
             return None
-        return _Counter(zone=zone, path=energy, max_range_uj=max_range)
+        counter = EnergyCounter(energy, self._max_watts, 1e-6, max_range)
+        return raw, _Counter(zone=zone, path=energy, counter=counter)
 
     def collect(self) -> Contribution:
         if self.using_fallback and self._fallback is not None:
             return self._fallback.collect()
         now = self._clock()
-        self._last_tick = now
+        part = Contribution()
         joules: dict[str, float] = {}
-        dropped: set[str] = set()
-        rejected = 0
         for counter in self._counters:
-            delta_uj, span = self._delta(counter, now)
-            if delta_uj is None:
-                dropped.add(counter.zone)
-            elif delta_uj > self._max_watts * span * 1e6:
-                self._reject(counter, delta_uj, span)
-                dropped.add(counter.zone)
-                rejected += 1
-            else:
-                joules[counter.zone] = joules.get(counter.zone, 0.0) + delta_uj / 1e6
-        energy = [
+            delta = self._measure(counter, now, part)
+            if delta is not None:
+                joules[counter.zone] = joules.get(counter.zone, 0.0) + delta
+        part.energy = [
             EnergyReading(component="cpu", zone=zone, source="rapl", joules=joules[zone])
             for zone in self._zones
-            if zone not in dropped
+            if zone in joules
         ]
-        return Contribution(energy=energy, rejected=rejected)
+        return part
 
-    def _delta(self, counter: _Counter, now: float) -> tuple[int | None, float]:
-        """Microjoules since the previous good read, and the seconds they span.
-
-        None while priming or when unreadable. A failed read keeps the previous value,
-        so the next good read covers the gap and no energy is lost; a gap long enough
-        for the counter to have wrapped more than once (at max_watts) primes again.
-        """
+    def _measure(self, zone: _Counter, now: float, part: Contribution) -> float | None:
+        """Joules of one socket's zone since its last good reading; None if none to count."""
+        counter = zone.counter
         try:
-            current = read_int(counter.path)
-        except (OSError, ValueError) as err:
-            if not counter.failing:
+            data = _read_bytes(zone.path)
+        except OSError as err:
+            counter.fail()
+            part.reject("unreadable")
+            if not zone.failing:
+                zone.failing = True
                 log.warning(
-                    "rapl: cannot read %s (%s); zone %s is left out until it reads again",
-                    counter.path,
+                    "rapl: cannot read %s (%s); zone %s is left out until it reads again "
+                    "(counted as rejected: unreadable)",
+                    zone.path,
                     _reason(err),
-                    counter.zone,
+                    zone.zone,
                 )
-            counter.failing = True
-            return None, 0.0
-        previous, since = counter.previous_uj, counter.read_at
-        counter.previous_uj, counter.read_at = current, now
-        span = now - since
-        if counter.failing:
-            log.info("rapl: %s reads again; zone %s resumes", counter.path, counter.zone)
-            counter.failing = False
-            if span > counter.max_range_uj / (self._max_watts * 1e6):
-                return None, 0.0  # out long enough to have wrapped more than once
-        if previous is None:
-            return None, 0.0
-        return wrapped_delta(previous, current, counter.max_range_uj), span
+            return None
+        if zone.failing:
+            zone.failing = False
+            log.info("rapl: %s reads again; zone %s resumes", zone.path, zone.zone)
+        restarts = counter.restarts
+        try:
+            joules = counter.update(parse(data), now)
+        except Rejected as err:
+            counter.fail()
+            part.reject(err.reason)
+            if counter.first(err.reason):
+                log.warning(
+                    "rapl: rejected a reading of zone %s (%s): %s; not exported, the next "
+                    "good reading counts from the last good one (logged once per zone file "
+                    "and reason)",
+                    zone.zone,
+                    err.reason,
+                    _in(zone.path, err.message),
+                )
+            return None
+        if counter.restarts != restarts:
+            log.warning(
+                "rapl: %s restarted from a new level (a reset?); zone %s counts from there",
+                zone.path,
+                zone.zone,
+            )
+        return joules
 
-    def _reject(self, counter: _Counter, delta_uj: int, elapsed: float) -> None:
-        if counter.zone in self._warned_bogus:
-            return
-        self._warned_bogus.add(counter.zone)
-        log.warning(
-            "rapl: dropped an implausible reading of zone %s: %s rose by %d uJ in %.3fs "
-            "(%.0f W > max_watts %g); not exported (logged once per zone)",
-            counter.zone,
-            counter.path,
-            delta_uj,
-            elapsed,
-            delta_uj / 1e6 / elapsed if elapsed > 0 else float("inf"),
-            self._max_watts,
-        )
+
+def _in(path: str, message: str) -> str:
+    """``message``, naming ``path`` if it does not already."""
+    return message if path in message else f"{path}: {message}"
 
 
 def _reason(err: Exception) -> str:

@@ -16,6 +16,9 @@ here 0600 so that the fixture can advance it), ``max_energy_range_uj``,
 ``enabled``, ``constraint_*`` and a ``subsystem`` link back to the class
 directory (a cycle, as in the real tree).
 
+Zone ids are hexadecimal, as the kernel names them (``"%s:%x"``): the eleventh package
+is ``intel-rapl:a``, its first sub-zone ``intel-rapl:a:0``.
+
 The counter behaves like the hardware: the MSR is a 32-bit count of energy
 units, and the kernel reports ``count * unit`` in microjoules, truncated, with
 ``max_energy_range_uj = 0xFFFFFFFF * unit``. So the reported value wraps from
@@ -126,7 +129,7 @@ class RaplTree:
         """Add ``intel-rapl-mmio:N``: the same package counter read through MMIO."""
         package = self.zones[package_key]
         index = sum(1 for k in self.zones if k.startswith("intel-rapl-mmio:"))
-        key = f"intel-rapl-mmio:{index}"
+        key = f"intel-rapl-mmio:{index:x}"
         control = self._control_type("intel-rapl-mmio")
         zone = self._make_zone(control / key, key, package.name, package.max_energy_range_uj)
         zone.units = package.units
@@ -145,11 +148,11 @@ class RaplTree:
         """Add a zone named ``name``: top-level, or a sub-zone of ``parent``."""
         if parent is None:
             index = sum(1 for k in self.zones if k.count(":") == 1 and "mmio" not in k)
-            key = f"intel-rapl:{index}"
+            key = f"intel-rapl:{index:x}"
             directory = self._control_type("intel-rapl") / key
         else:
             index = sum(1 for k in self.zones if k.startswith(parent + ":"))
-            key = f"{parent}:{index}"
+            key = f"{parent}:{index:x}"
             directory = self.zones[parent].path / key
         self._make_zone(directory, key, name, max_energy_range_uj)
         self.set_energy_uj(key, energy_uj)
@@ -185,6 +188,26 @@ class RaplTree:
         zone = self.zones[key]
         zone.units = round(value / zone.unit_uj) % _COUNTER_MODULUS
         zone.write()
+
+    def write_energy_text(self, key: str, text: str) -> None:
+        """Make energy_uj read ``text`` (garbage, empty, a value out of range) until the
+        next :meth:`advance` or :meth:`restore`; the hardware counter is unchanged."""
+        zone = self.zones[key]
+        target = zone.path / "energy_uj"
+        scratch = zone.path / ".energy_uj.new"
+        scratch.write_text(text)
+        os.chmod(scratch, 0o600)
+        os.replace(scratch, target)
+
+    def remove_energy_file(self, key: str) -> None:
+        """energy_uj vanishes (until the next :meth:`advance` or :meth:`restore`)."""
+        (self.zones[key].path / "energy_uj").unlink(missing_ok=True)
+
+    def restore(self, key: str) -> None:
+        """energy_uj reads the hardware counter again."""
+        zone = self.zones[key]
+        zone.write()
+        os.chmod(zone.path / "energy_uj", 0o600)
 
     def energy_uj(self, key: str) -> int:
         return self.zones[key].energy_uj

@@ -103,7 +103,7 @@ def test_impossible_meter_readings_are_rejected(
     with caplog.at_level(logging.WARNING, logger=acpi.__name__):
         for _ in range(3):
             part = tick(receiver, clock, 5.0)
-            assert (part.rejected, part.energy) == (1, [])
+            assert (part.rejected, part.energy) == ({"implausible_power": 1}, [])
     [record] = caplog.records  # once, not every tick
     assert record.getMessage() == (
         "acpi: dropped an implausible reading of power meter ACPI000D:00: "
@@ -111,7 +111,7 @@ def test_impossible_meter_readings_are_rejected(
     )
     meter.set("power1_average", 250_000_000)
     part = tick(receiver, clock, 5.0)
-    assert (part.rejected, joules(part)) == (0, {"platform": 1250.0})
+    assert (part.rejected, joules(part)) == ({}, {"platform": 1250.0})
 
 
 def test_max_watts_is_the_ceiling(tree: SysfsTree, clock: FakeClock) -> None:
@@ -119,7 +119,7 @@ def test_max_watts_is_the_ceiling(tree: SysfsTree, clock: FakeClock) -> None:
     receiver = started(tree, clock, AcpiConfig(max_watts=800.0))
     assert joules(tick(receiver, clock, 2.0)) == {"platform": 1598.0}
     meter.run(2.0, {"power1": 801.0})
-    assert tick(receiver, clock, 2.0).rejected == 1
+    assert tick(receiver, clock, 2.0).rejected == {"implausible_power": 1}
 
 
 def test_unreadable_meter_is_named(tree: SysfsTree) -> None:
@@ -188,7 +188,7 @@ def test_energy_now_rising_while_discharging_is_rejected(
     battery.set("energy_now", 45_000_500)  # a fuel gauge recalibration
     with caplog.at_level(logging.WARNING, logger=acpi.__name__):
         part = tick(receiver, clock, 5.0)
-    assert (part.rejected, part.energy) == (1, [])
+    assert (part.rejected, part.energy) == ({"backwards": 1}, [])
     assert caplog.records[0].getMessage() == (
         "acpi: dropped an implausible reading of battery BAT0: "
         f"{battery.file('energy_now')} rose by 500 uWh while discharging; "

@@ -177,10 +177,12 @@ def test_zones_named_from_labels_or_chip_and_index(tree: SysfsTree, clock: FakeC
     gpu = tree.add_chip("amdgpu", "pci0000:00/0000:00:03.1/0000:0a:00.0")
     gpu.power(1, "PPT", 120.0)
     receiver = started(tree, clock)
-    assert receiver.zones == {"platform": ["nct6798_1"], "cpu": ["package_id_0"], "gpu": ["ppt"]}
+    # Kepler's names: the label cleaned, else <device parent>_<device>_power<N>
+    unlabelled = "platform_nct6775_656_power1"
+    assert receiver.zones == {"platform": [unlabelled], "cpu": ["package_id_0"], "gpu": ["ppt"]}
     measured = joules(tick(receiver, clock, 5.0))
     assert measured == pytest.approx(
-        {("platform", "nct6798_1"): 300.0, ("cpu", "package_id_0"): 225.0, ("gpu", "ppt"): 600.0}
+        {("platform", unlabelled): 300.0, ("cpu", "package_id_0"): 225.0, ("gpu", "ppt"): 600.0}
     )
 
 
@@ -203,7 +205,8 @@ def test_attributes_in_hwmon_or_in_its_device(
     assert meter.file("power1_average").exists()
     config = HwmonConfig(channels={"power_meter/*": "platform"})
     receiver = started(tree, clock, config)
-    assert joules(tick(receiver, clock, 4.0)) == {("platform", "power_meter_1"): 1250.0}
+    zone = "lnxsybus:00_acpi000d:00_power1"  # Kepler's name: the device's parent and its name
+    assert joules(tick(receiver, clock, 4.0)) == {("platform", zone): 1250.0}
 
 
 def test_power_meter_is_left_to_the_acpi_receiver(tree: SysfsTree, clock: FakeClock) -> None:
@@ -348,16 +351,20 @@ def test_counter_going_backwards_is_rejected_once_logged(
     amd.add_energy("Esocket0", 250.0)
     with caplog.at_level(logging.WARNING, logger=hwmon.__name__):
         part = tick(receiver, clock, 5.0)
-    assert part.rejected == 1
+    assert part.rejected == {"backwards": 1}
     assert joules(part) == {("cpu", "esocket0"): 250.0}
     [record] = caplog.records
     assert record.getMessage() == (
-        "hwmon: dropped an implausible reading of amd_energy-amd_energy.0/Esocket1 "
-        f"(cpu zone esocket1): {amd.file('energy4_input')} went backwards by 1237653321 uJ "
-        "(a counter reset); not exported (logged once per channel)"
+        "hwmon: rejected a reading of amd_energy-amd_energy.0/Esocket1 (cpu zone esocket1, "
+        f"backwards): {amd.file('energy4_input')} went backwards from 1237654321 to 1000 "
+        "(a reset?); not exported (logged once per channel and reason)"
     )
 
-    amd.run(5.0, {"Esocket0": 50.0, "Esocket1": 20.0})  # the baseline moved: normal again
+    # it counts on from its new level: the next reading agrees with the rejected one, the
+    # counter primes again there (that interval is lost, nothing is guessed)
+    amd.run(5.0, {"Esocket0": 50.0, "Esocket1": 20.0})
+    assert joules(tick(receiver, clock, 5.0)) == {("cpu", "esocket0"): 250.0}
+    amd.run(5.0, {"Esocket0": 50.0, "Esocket1": 20.0})
     assert joules(tick(receiver, clock, 5.0)) == {
         ("cpu", "esocket0"): 250.0,
         ("cpu", "esocket1"): 100.0,
@@ -366,9 +373,9 @@ def test_counter_going_backwards_is_rejected_once_logged(
     amd.set_energy_uj("Esocket1", 0)
     with caplog.at_level(logging.WARNING, logger=hwmon.__name__):
         part = tick(receiver, clock, 5.0)
-    assert part.rejected == 1
+    assert part.rejected == {"backwards": 1}
     assert joules(part) == {("cpu", "esocket0"): 0.0}
-    assert caplog.records == []  # logged once per channel, not again
+    assert caplog.records == []  # logged once per channel and reason, not again
 
 
 def test_energy_jump_above_max_watts(
@@ -381,15 +388,19 @@ def test_energy_jump_above_max_watts(
     amd.add_energy("Esocket0", 100_000.0)  # 100 kJ in 2 s
     with caplog.at_level(logging.WARNING, logger=hwmon.__name__):
         part = tick(receiver, clock, 2.0)
-    assert (part.rejected, part.energy) == (1, [])
+    assert (part.rejected, part.energy) == ({"implausible_jump": 1}, [])
     assert (
         caplog.records[0]
         .getMessage()
         .endswith(
-            f"{amd.file('energy2_input')} rose by 100000000000 uJ in 2.000s "
-            "(50000 W > max_watts 400); not exported (logged once per channel)"
+            f"{amd.file('energy2_input')} rose by 100000000000 (100000 J) in 2.000s "
+            "(50000 W > max_watts 400); not exported (logged once per channel and reason)"
         )
     )
+    # the jump never became the reference: the next reading counts from the last good one
+    amd.add_energy("Esocket0", -100_000.0)
+    amd.run(2.0, {"Esocket0": 100.0})
+    assert joules(tick(receiver, clock, 2.0)) == {("cpu", "esocket0"): 200.0}
 
 
 @pytest.mark.parametrize(
@@ -414,12 +425,13 @@ def test_impossible_power_is_rejected(
     board.set("power1_average", microwatts)
     with caplog.at_level(logging.WARNING, logger=hwmon.__name__):
         part = tick(receiver, clock, 5.0)
-    assert part.rejected == 1
+    assert part.rejected == {"implausible_power": 1}
     assert joules(part) == {("platform", "system"): 750.0}
     [record] = caplog.records
     assert record.getMessage() == (
-        "hwmon: dropped an implausible reading of nct6798-nct6775.656/CPU (cpu zone cpu): "
-        f"{board.file('power1_average')} {what}; not exported (logged once per channel)"
+        "hwmon: rejected a reading of nct6798-nct6775.656/CPU (cpu zone cpu, implausible_power): "
+        f"{board.file('power1_average')} {what}; not exported (logged once per channel and "
+        "reason)"
     )
     board.set("power1_average", 50_000_000)
     assert joules(tick(receiver, clock, 5.0)) == {
@@ -439,11 +451,14 @@ def test_a_broken_sensor_costs_its_own_series_only(
     amd.break_file("energy2_input")
     core.break_file("temp2_input")
     with caplog.at_level(logging.WARNING, logger=hwmon.__name__):
-        for _ in range(2):
+        for count in range(2):
             amd.run(5.0, {"Esocket1": 60.0})
             part = tick(receiver, clock, 5.0)
             assert joules(part) == {("cpu", "esocket1"): 300.0}
             assert list(gauge_values(part)) == ["coretemp-coretemp.0/temp1"]
+            # the energy channel's failed read is counted (not the temperature's): an open
+            # file reads empty once, then the file is opened afresh and is not there
+            assert part.rejected == {"empty" if keep_open and count == 0 else "unreadable": 1}
     energy_file = amd.file("energy2_input")
     reason = "empty read" if keep_open else "no such file or directory"
     assert [r.getMessage() for r in caplog.records] == [  # once each, not every tick
@@ -452,13 +467,14 @@ def test_a_broken_sensor_costs_its_own_series_only(
         "its series is left out until it reads again",
     ]
 
-    amd.set_energy_uj("Esocket0", 5_000_000_000)  # the driver is back
+    amd.add_energy("Esocket0", 1000.0)  # the driver is back: it counted on meanwhile
     core.temp(2, 48.0, "Core 0")
     with caplog.at_level(logging.INFO, logger=hwmon.__name__):
         caplog.clear()
         amd.run(5.0, {"Esocket1": 60.0})
         part = tick(receiver, clock, 5.0)
-    assert joules(part) == {("cpu", "esocket1"): 300.0}  # esocket0 primes first
+    # the last good reading was kept: the gap is covered, nothing lost
+    assert joules(part) == {("cpu", "esocket0"): 1000.0, ("cpu", "esocket1"): 300.0}
     assert gauge_values(part)["coretemp-coretemp.0/temp2"] == ("hw.temperature", "Cel", 48.0)
     assert f"hwmon: {energy_file} reads again" in [r.getMessage() for r in caplog.records]
     amd.run(5.0, {"Esocket0": 70.0, "Esocket1": 60.0})

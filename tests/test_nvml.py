@@ -104,7 +104,7 @@ def test_energy_is_the_counter_delta_exactly(fake: FakeNvml, open_nvml: Opener) 
         assert gpus[a.uuid].joules == delta_a / 1000
         assert gpus[b.uuid].joules == delta_b / 1000
         assert (gpus[a.uuid].watts, gpus[b.uuid].watts) == (700.0, 60.0)
-        assert part.rejected == 0
+        assert part.rejected == {}
     first = part.gpus[0]
     assert (first.index, first.name, first.idle_watts, first.attributes) == (0, H100, None, None)
     assert part.gpus[1].name == "NVIDIA A100-SXM4-80GB"
@@ -135,29 +135,47 @@ def test_counter_going_backwards_or_jumping_is_dropped_and_logged_once(
     reply = child.request("collect", 1.0)
     part = reply.ok()
     assert [g.uuid for g in part.gpus] == [b.uuid]  # the other GPU is unharmed
-    assert part.rejected == 1
+    assert part.rejected == {"backwards": 1}
     assert warnings(reply) == [
-        f"nvml: GPU 0 ({a.uuid}): dropped a reading: the energy counter went backwards from "
-        "50000000 to 49000000 mJ (a driver reload?); counting resumes from the new value "
-        "(logged once)"
+        f"nvml: GPU 0 ({a.uuid}): dropped a reading (backwards): the energy counter of GPU 0 "
+        f"({a.uuid}) went backwards from 50000000 to 49000000 (a reset?); not exported, the "
+        "next good reading counts from the last good one (logged once)"
     ]
 
-    a.energy_mj += 300_000  # from the new baseline: normal again
+    # the next reading agrees with the rejected one: the counter restarted, it primes there
+    a.energy_mj += 300_000
+    fake.write()
+    reply = child.request("collect", 1.0)
+    assert a.uuid not in by_uuid(reply.ok()) and reply.ok().rejected == {}
+    assert warnings(reply) == [
+        f"nvml: GPU 0 ({a.uuid}): the energy counter restarted from a new level (a driver "
+        "reload?); counting resumes from there (logged once)"
+    ]
+    a.energy_mj += 300_000  # normal again
     assert by_uuid(tick(child, fake, 1.0))[a.uuid].joules == 300.0
 
     a.energy_mj += 20_000_000  # 20 kJ in 2 s: 10 kW
     fake.write()
     reply = child.request("collect", 2.0)
-    assert reply.ok().rejected == 1 and a.uuid not in by_uuid(reply.ok())
+    assert reply.ok().rejected == {"implausible_jump": 1} and a.uuid not in by_uuid(reply.ok())
     assert warnings(reply) == [
-        f"nvml: GPU 0 ({a.uuid}): dropped an implausible reading: the energy counter rose by "
-        "20000000 mJ in 2.000s (10000 W > max_watts 3000); not exported (logged once)"
+        f"nvml: GPU 0 ({a.uuid}): dropped a reading (implausible_jump): the energy counter of "
+        f"GPU 0 ({a.uuid}) rose by 20000000 (20000 J) in 2.000s (10000 W > max_watts 3000); "
+        "not exported, the next good reading counts from the last good one (logged once)"
     ]
+
+    # the jump never became the reference: back to normal, the next reading counts the gap
+    a.energy_mj -= 20_000_000 - 400_000
+    fake.write()
+    reply = child.request("collect", 1.0)
+    assert reply.ok().rejected == {}
+    assert by_uuid(reply.ok())[a.uuid].joules == 400.0
+    assert by_uuid(reply.ok())[a.uuid].watts == 71.0  # the power reading, not the average
 
     a.energy_mj -= 5  # backwards again: dropped and counted, not logged again
     fake.write()
     reply = child.request("collect", 1.0)
-    assert reply.ok().rejected == 1
+    assert reply.ok().rejected == {"backwards": 1}
     assert warnings(reply) == []
 
 
@@ -172,7 +190,7 @@ def test_max_watts_is_the_ceiling_for_energy_and_power(fake: FakeNvml, open_nvml
     fake.write()
     reply = child.request("collect", 2.0)
     part = reply.ok()
-    assert part.rejected == 1
+    assert part.rejected == {"implausible_power": 1}
     assert by_uuid(part)[gpu.uuid].joules == 1000.0
     assert by_uuid(part)[gpu.uuid].watts == 500.0  # the counter's average stands in
     assert warnings(reply) == [
@@ -181,7 +199,7 @@ def test_max_watts_is_the_ceiling_for_energy_and_power(fake: FakeNvml, open_nvml
     ]
 
 
-def test_a_failing_gpu_costs_only_itself_and_primes_when_back(
+def test_a_failing_gpu_costs_only_itself_and_its_next_reading_covers_the_gap(
     fake: FakeNvml, open_nvml: Opener
 ) -> None:
     a = fake.add_gpu()
@@ -195,6 +213,7 @@ def test_a_failing_gpu_costs_only_itself_and_primes_when_back(
         fake.write()
         reply = child.request("collect", 1.0)
         assert [g.uuid for g in reply.ok().gpus] == [a.uuid]
+        assert reply.ok().rejected == {"unreadable": 1}
         logged += warnings(reply)
     assert logged == [
         f"nvml: GPU 1 ({b.uuid}): nvmlDeviceGetTotalEnergyConsumption failed: GPU is lost; "
@@ -205,8 +224,9 @@ def test_a_failing_gpu_costs_only_itself_and_primes_when_back(
     b.energy_mj += 100_000
     fake.write()
     reply = child.request("collect", 1.0)
-    assert [g.uuid for g in reply.ok().gpus] == [a.uuid]  # b primes again
-    assert ("INFO", f"nvml: GPU 1 ({b.uuid}) reads again; it primes this tick") in reply.logs
+    # the last good reading was kept: b's next reading covers the four seconds
+    assert by_uuid(reply.ok())[b.uuid].joules == 400.0
+    assert ("INFO", f"nvml: GPU 1 ({b.uuid}) reads again") in reply.logs
     b.energy_mj += 250_000
     assert by_uuid(tick(child, fake, 1.0))[b.uuid].joules == 250.0
 
@@ -329,7 +349,7 @@ def test_legacy_nvml_without_energy_counter_nor_v3(fake: FakeNvml, open_nvml: Op
     assert (sample.joules, sample.watts, sample.running) == (80.0, 50.0, [77])
     gpu.power_mw = 4_294_967_295  # bogus: dropped, counted, and the next reading primes
     part = tick(child, fake, 1.0)
-    assert (part.gpus, part.rejected) == ([], 1)
+    assert (part.gpus, part.rejected) == ([], {"implausible_power": 1})
     gpu.power_mw = 40_000
     assert tick(child, fake, 1.0) == Contribution()
     assert tick(child, fake, 0.5).gpus[0].joules == 20.0

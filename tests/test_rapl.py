@@ -18,7 +18,7 @@ from otel_kepler.data import Contribution
 from otel_kepler.receivers import rapl
 from otel_kepler.receivers.rapl import PERMISSION_FIX, RaplConfig, RaplReceiver
 from otel_kepler.schema import ConfigError, decode
-from tests.sysfs_fixtures import DRAM_MAX_ENERGY_RANGE_UJ, RaplTree
+from tests.sysfs_fixtures import DRAM_MAX_ENERGY_RANGE_UJ, PACKAGE_MAX_ENERGY_RANGE_UJ, RaplTree
 
 NOBODY = 65534
 
@@ -161,24 +161,34 @@ def test_bogus_jump_is_dropped_and_other_zones_still_reported(
     jumped = tree.energy_uj("intel-rapl:1") + 100_000_000_000  # +100 kJ in 5 s: 20 kW
     tree.set_energy_uj("intel-rapl:1", jumped)
     with caplog.at_level(logging.WARNING, logger=rapl.__name__):
-        _, measured = tick(receiver, tree, clock, {"dram": 5.0}, 5.0)
-    assert measured == {"dram": pytest.approx(50.0, rel=1e-6)}  # no package at all
+        truth, measured = tick(receiver, tree, clock, {"intel-rapl:0": 50.0, "dram": 5.0}, 5.0)
+    # socket 1's package is left out; socket 0's is counted
+    assert measured == pytest.approx({"package": 250.0, "dram": 50.0}, rel=1e-6)
     [record] = caplog.records
     assert str(tree.energy_file("intel-rapl:1")) in record.getMessage()
-    assert "zone package" in record.getMessage()
-    assert "20000 W > max_watts 5000" in record.getMessage()
+    assert "zone package (implausible_jump)" in record.getMessage()
+    assert "(20000 W > max_watts 5000)" in record.getMessage()
 
-    # The baseline moved: the next tick is normal again.
+    # The counter stays at its new level: two readings agree, it primes again from there
+    # (that socket's interval is lost, nothing is guessed), then counts normally.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=rapl.__name__):
+        _, measured = tick(receiver, tree, clock, {"package": 50.0, "dram": 5.0}, 5.0)
+    assert measured == pytest.approx({"package": 250.0, "dram": 50.0}, rel=1e-6)
+    [record] = caplog.records
+    assert "restarted from a new level" in record.getMessage()
     _, measured = tick(receiver, tree, clock, {"package": 50.0, "dram": 5.0}, 5.0)
     assert measured == pytest.approx({"package": 500.0, "dram": 50.0}, rel=1e-6)
 
-    # A counter reset reads as a wrap of almost the whole range: dropped, not logged again.
+    # A counter reset reads as a wrap of almost the whole range: rejected as backwards.
     caplog.clear()
     tree.set_energy_uj("intel-rapl:0", 0)
     with caplog.at_level(logging.WARNING, logger=rapl.__name__):
-        _, measured = tick(receiver, tree, clock, {"dram": 5.0}, 5.0)
-    assert measured == {"dram": pytest.approx(50.0, rel=1e-6)}
-    assert caplog.records == []
+        _, measured = tick(receiver, tree, clock, {"intel-rapl:1": 50.0, "dram": 5.0}, 5.0)
+    assert measured == pytest.approx({"package": 250.0, "dram": 50.0}, rel=1e-6)
+    [record] = caplog.records
+    assert "(backwards)" in record.getMessage()
+    assert "went backwards from" in record.getMessage()
 
 
 def test_max_watts_is_the_ceiling(tree: RaplTree, clock: FakeClock) -> None:
@@ -186,7 +196,8 @@ def test_max_watts_is_the_ceiling(tree: RaplTree, clock: FakeClock) -> None:
     receiver = started(tree, clock, RaplConfig(max_watts=100.0))
     _, measured = tick(receiver, tree, clock, {"package": 99.0}, 2.0)
     assert measured == {"package": pytest.approx(198.0, rel=1e-6)}
-    _, measured = tick(receiver, tree, clock, {"package": 101.0}, 2.0)
+    # the ceiling has a margin of 5% of the interval and 10 ms: 110 W over 2 s is above it
+    _, measured = tick(receiver, tree, clock, {"package": 110.0}, 2.0)
     assert measured == {}
 
 
@@ -362,8 +373,12 @@ def test_doctor(tree: RaplTree) -> None:
     host = HostSettings(sysfs=tree.sysfs)
     tree.add_socket()
     tree.add_mmio_duplicate()
-    (tree.powercap / "intel-rapl:0").unlink()  # only the control type and mmio are left
+    (tree.powercap / "intel-rapl:0").unlink()  # only the control types and mmio are left
     shutil.rmtree(tree.zones["intel-rapl:0"].path)
+    # the MMIO zone is the package counter too: used where intel-rapl has no such zone
+    assert rapl.doctor(host).detail == f"package (1 socket) under {tree.powercap}"
+    (tree.powercap / "intel-rapl-mmio:0").unlink()
+    shutil.rmtree(tree.zones["intel-rapl-mmio:0"].path)
     assert rapl.doctor(host).detail == (
         f"no RAPL zones under {tree.powercap}: this host has no RAPL (a VM?); "
         "use the estimator receiver, or fallback: estimator"
@@ -429,5 +444,105 @@ def test_rejected_readings_are_counted(tree: RaplTree, clock: FakeClock) -> None
     tree.advance(tree.keys("dram")[0], 1.0)
     clock.now += 1.0
     part = receiver.collect()
-    assert part.rejected == 1
+    assert part.rejected == {"implausible_jump": 1}
     assert joules_by_zone(part) == {"dram": pytest.approx(1.0, rel=1e-4)}
+
+
+def test_hexadecimal_zone_ids(tree: RaplTree, clock: FakeClock) -> None:
+    """The kernel names the eleventh package zone intel-rapl:a: it counts like the others."""
+    for _ in range(12):
+        tree.add_socket(dram=True)
+    assert (tree.powercap / "intel-rapl:a").is_dir()
+    assert (tree.powercap / "intel-rapl:b:0").is_dir()
+    receiver = started(tree, clock)
+    assert receiver.zones == {"dram": 12, "package": 12}
+    # socket order: 9 before a
+    packages = [p for p in receiver.paths if p.endswith(":9/energy_uj") or ":a/" in p]
+    assert [os.path.basename(os.path.dirname(p)) for p in packages] == [
+        "intel-rapl:9",
+        "intel-rapl:a",
+    ]
+    truth, measured = tick(receiver, tree, clock, {"package": 10.0, "dram": 1.0}, 5.0)
+    assert truth == {"package": 600.0, "dram": 60.0}
+    assert measured == pytest.approx(truth, rel=1e-5)
+
+
+def test_mmio_zone_without_an_intel_rapl_twin_is_used(tree: RaplTree, clock: FakeClock) -> None:
+    tree.add_socket()
+    tree.add_socket()
+    tree.add_mmio_duplicate("intel-rapl:1")
+    (tree.powercap / "intel-rapl:1").unlink()  # socket 1 only through MMIO
+    receiver = started(tree, clock)
+    assert receiver.zones == {"package": 2}
+    assert any("intel-rapl-mmio:0" in p for p in receiver.paths)
+    truth, measured = tick(receiver, tree, clock, {"package": 20.0}, 5.0)
+    assert measured == pytest.approx({"package": 200.0}, rel=1e-6)
+
+
+def test_a_reading_above_max_energy_range_never_becomes_the_baseline(
+    tree: RaplTree, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: one read above max_energy_range_uj was taken as the baseline; the next (normal)
+    read then gave a negative wrap delta and the node total went to -3.7e4 J."""
+    key = tree.add_socket(energy_uj=PACKAGE_MAX_ENERGY_RANGE_UJ - 50_000_000)
+    receiver = started(tree, clock)
+    tree.advance(key, 10.0)
+    tree.write_energy_text(key, f"{PACKAGE_MAX_ENERGY_RANGE_UJ + 37_000_000_000}\n")
+    clock.now += 1.0
+    with caplog.at_level(logging.WARNING, logger=rapl.__name__):
+        part = receiver.collect()
+    assert (part.energy, part.rejected) == ([], {"over_range": 1})
+    [record] = caplog.records
+    assert f"above its maximum {PACKAGE_MAX_ENERGY_RANGE_UJ}" in record.getMessage()
+
+    # back to normal, across the wrap: the delta counts from the last good reading
+    truth, measured = tick(receiver, tree, clock, {"package": 60.0}, 1.0)
+    assert tree.energy_uj(key) < 50_000_000  # it wrapped
+    assert measured == pytest.approx({"package": 10.0 + 60.0}, rel=1e-5)
+    _, measured = tick(receiver, tree, clock, {"package": 60.0}, 1.0)
+    assert measured == pytest.approx({"package": 60.0}, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not-a-number\n", "not_a_number"),
+        ("", "empty"),
+        (None, "unreadable"),
+        ("-5\n", "negative"),
+        ("1e24\n", "not_a_number"),
+    ],
+)
+def test_bad_readings_are_counted_by_reason_and_lose_no_energy(
+    tree: RaplTree, clock: FakeClock, text: str | None, reason: str
+) -> None:
+    key = tree.add_socket(dram=True)
+    receiver = started(tree, clock)
+    for _ in range(3):  # three bad reads in a row, 7 J each
+        tree.advance(key, 7.0)
+        tree.advance_all({"dram": 2.0}, 1.0)
+        if text is None:
+            tree.remove_energy_file(key)
+        else:
+            tree.write_energy_text(key, text)
+        clock.now += 1.0
+        part = receiver.collect()
+        assert part.rejected == {reason: 1}
+        assert joules_by_zone(part) == pytest.approx({"dram": 2.0}, rel=1e-5)
+    truth, measured = tick(receiver, tree, clock, {"package": 7.0, "dram": 2.0}, 1.0)
+    assert measured == pytest.approx({"package": 4 * 7.0, "dram": 2.0}, rel=1e-5)
+
+
+def test_a_counter_reset_is_rejected_then_counts_from_its_new_level(
+    tree: RaplTree, clock: FakeClock
+) -> None:
+    key = tree.add_socket(energy_uj=100_000_000_000)
+    receiver = started(tree, clock)
+    tree.set_energy_uj(key, 0)  # a reset: backwards, and no plausible wrap
+    clock.now += 1.0
+    part = receiver.collect()
+    assert (part.energy, part.rejected) == ([], {"backwards": 1})
+    _, measured = tick(receiver, tree, clock, {"package": 40.0}, 1.0)
+    assert measured == {}  # agrees with the rejected reading: primes from here
+    _, measured = tick(receiver, tree, clock, {"package": 40.0}, 1.0)
+    assert measured == pytest.approx({"package": 40.0}, rel=1e-5)

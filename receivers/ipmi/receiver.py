@@ -98,7 +98,7 @@ class IpmiReceiver(Receiver):
         self._clock = clock
         self._lock = threading.Lock()
         self._samples: dict[str, collections.deque[Sample]] = {}
-        self._rejected = 0
+        self._rejected: dict[str, int] = {}  # reason -> readings, since the last collect
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._first_error: LinkError | None = None
@@ -164,7 +164,7 @@ class IpmiReceiver(Receiver):
     def collect(self) -> Contribution:
         now = self._clock()
         with self._lock:
-            rejected, self._rejected = self._rejected, 0
+            rejected, self._rejected = self._rejected, {}
             series = {zone: list(samples) for zone, samples in self._samples.items()}
         start, self._last_collect = self._last_collect, now
         if start is None:  # the first collect only starts the first interval
@@ -285,18 +285,24 @@ class IpmiReceiver(Receiver):
         log.debug("%s: attempt %d failed: %s; next in %gs", self.name, self._failures, err, delay)
 
     def _record(self, readings: dict[str, float | None], at: float) -> None:
-        rejected = 0
+        rejected: list[str] = []
         accepted: list[tuple[str, float]] = []
         for zone, watts in readings.items():
-            if watts is None:
+            if watts is None:  # the BMC has no reading of that sensor this time
+                rejected.append("unreadable")
                 continue
-            if not math.isfinite(watts) or watts < 0 or watts > self.config.max_watts:
-                rejected += 1
+            if not math.isfinite(watts):
+                rejected.append("not_a_number")
+                self._reject(zone, watts)
+                continue
+            if watts < 0 or watts > self.config.max_watts:
+                rejected.append("implausible_power")
                 self._reject(zone, watts)
                 continue
             accepted.append((zone, watts))
         with self._lock:
-            self._rejected += rejected
+            for reason in rejected:
+                self._rejected[reason] = self._rejected.get(reason, 0) + 1
             for zone, watts in accepted:
                 samples = self._samples.get(zone)
                 if samples is None:
