@@ -175,6 +175,9 @@ class IdlePower:
             return
         body = {"version": STATE_VERSION, "host": self.host_id, "idle_watts": values}
         folder = os.path.dirname(path) or "."
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            self._error(f"attribution: cannot write idle state file {path}: {folder} is a file")
+            return
         try:
             os.makedirs(folder, exist_ok=True)
             fd, scratch = tempfile.mkstemp(prefix=".idle-", dir=folder)
