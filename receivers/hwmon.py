@@ -9,20 +9,27 @@ Every sensor chip driver registers a hwmon device (Documentation/hwmon/sysfs-int
         <type><N>_<item>    one value per file: temp2_input, energy3_input, in1_label, ...
 
 Older drivers (the ACPI power meter, many I2C chips) keep ``name`` and the attributes
-in ``hwmonN/device/`` instead; both places are read, ``hwmonN`` winning.
+in ``hwmonN/device/`` instead; both places are read, ``hwmonN`` winning. A chip with no
+``name`` at all is called by its directory (``hwmon3``).
 
 **Energy.** Per chip and channel index N, the first that exists is used:
 
 1. ``energyN_input``: a cumulative counter in uJ (amd_energy, i915, some PMBus chips);
-   the delta between ticks is the energy. The counters have no published wrap
-   range, so a counter that goes backwards is a reset: the reading is rejected.
+   the delta from its last good reading is the energy, validated by the counter rule
+   of :mod:`otel_kepler.receivers.counter` (no published wrap range: a counter below
+   its last good reading went backwards).
 2. ``powerN_average`` (uW, already averaged by the chip): watts x the tick;
    ``powerN_input`` (uW, instantaneous): the mean of the readings at both ends of
    the tick x the tick (trapezoid), or the reading alone after a gap.
-3. ``inN_input`` (mV) x ``currN_input`` (mA) = uW, like ``powerN_input``, where the
-   chip pairs them: INA3221 (``in1..3`` are the bus voltages of ``curr1..3``; its
-   ``in4..7`` are shunt voltages in uV), or any chip whose ``inN_label`` equals its
-   ``currN_label``.
+3. A voltage channel ``inV`` (mV) x the current channel ``currC`` (mA) of the same rail
+   = uW, where the chip has no power or energy channel for that rail. Averaged like
+   power: ``inV_average`` x ``currC_average`` where the chip has both, else the _input
+   files by trapezoid. Which current is whose, by the first rule that applies: a known
+   chip's driver (:data:`INDEX_PAIRS`: INA3221 ``in1..3`` x ``curr1..3``, its ``in4..7``
+   being shunt voltages in uV; MAX20730 ``in2`` x ``curr1``; ...); a voltage and a
+   current channel with the same label; the PMBus core's labels ``voutN`` x ``ioutN``
+   (unless the chip measures ``poutN`` itself). An unknown chip without such labels
+   gets no pair: its indexes do not say which current flows at which voltage.
 
 Channels whose ``<type>N_enable`` reads 0 are skipped (read at start).
 
@@ -41,9 +48,13 @@ Channels whose ``<type>N_enable`` reads 0 are skipped (read at start).
    is cpu; one naming the GPU (``gpu``, ``POM_5V_GPU``) is gpu;
 5. anything else (board input, ``VDD_IN``, ``PSU1``, an unlabelled channel) is platform.
 
-The zone is the label lower-cased with runs of blanks turned into ``_`` (``Esocket0`` ->
-``esocket0``, ``Package id 0`` -> ``package_id_0``), or ``<chip>_<N>`` for an unlabelled
-channel. Channels of the same component and zone are summed, as rapl sums sockets.
+Zones are named as Kepler names them: the label in lower case with every character
+other than a-z, 0-9, ``:`` and ``_`` turned into ``_`` and none at either end
+(``Esocket0`` -> ``esocket0``, ``Package id 0`` -> ``package_id_0``, ``PSU-1 In`` ->
+``psu_1_in``); an unlabelled channel is ``<chip>_power<N>`` or ``<chip>_energy<N>``,
+``<chip>`` being the device's parent and base name cleaned the same way
+(``platform_nct6775_656_power1``), else the chip's name. Channels of the same component
+and zone are summed, as rapl sums sockets.
 
 **Gauges** (unless ``gauges: false``), named and unitised as the OpenTelemetry hardware
 semantic conventions: ``hw.temperature`` (Cel, from ``tempN_input`` m°C), ``hw.fan.speed``
@@ -54,11 +65,14 @@ stable across boots, unlike hwmonN), ``hw.type`` (temperature, fan, voltage), ``
 (``<chip>-<device>``, e.g. ``coretemp-coretemp.0``). The first collect reports gauges;
 energy starts with the second (the first primes).
 
-**Implausible readings** are dropped, counted in ``Contribution.rejected`` and logged
-once per channel, never exported: a counter that went backwards, a power reading of
-4294967295000 uW (0xFFFFFFFF mW: the "no reading" of some firmware), a negative power,
-and power above ``max_watts``. A zone with a rejected, unreadable or priming channel is
-left out of that tick. A sensor that fails to read costs its own series only, logged
+**Implausible readings** are dropped, counted by reason in ``Contribution.rejected`` and
+logged once per channel and reason, never exported: a counter that went backwards or
+jumped (see the counter rule), a power reading of 4294967295000 uW (0xFFFFFFFF mW: the
+"no reading" of some firmware), a negative power, and power above ``max_watts``
+(``implausible_power``). A power or energy file that cannot be read, reads empty or not
+a number is counted too (``unreadable``, ``empty``, ``not_a_number``). Such a channel is
+left out of the tick and the rest of its zone reported; an energy counter's next good
+reading covers the gap. A sensor that fails to read costs its own series only, logged
 once until it reads again. Sensor files are kept open and re-read with ``pread``.
 """
 

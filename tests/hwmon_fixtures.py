@@ -64,9 +64,12 @@ class FixtureChannel:
     """How the fixture drives one power or energy channel of a chip."""
 
     kind: ChannelKind
-    index: int
+    index: int  # power and energy channels: N; pairs: the voltage channel inN
     item: str = "input"  # power channels: average or input
     microjoules: int = 0  # energy counters
+    current: int = 0  # pairs: the current channel currN (0: the same N as the voltage)
+    averaged: bool = False  # pairs: the chip also averages (inN_average, currN_average)
+    input_bias: float = 1.0  # pairs that average: the instantaneous _input reads this much
 
 
 @dataclass
@@ -138,6 +141,41 @@ class FixtureChip:
             self.set(f"power{index}_label", label)
         self.channels[label or f"power{index}"] = FixtureChannel("power", index, item)
 
+    def rail(
+        self,
+        voltage: int,
+        current: int,
+        volts: float,
+        watts: float,
+        *,
+        voltage_label: str | None = None,
+        current_label: str | None = None,
+        averaged: bool = False,
+        input_bias: float = 1.0,
+    ) -> str:
+        """A rail measured as ``in<voltage>`` (mV) x ``curr<current>`` (mA), labelled as
+        given; ``averaged`` adds the chip's _average files (the truth), its _input then
+        reading ``input_bias`` times the average current. Returns the key for run()."""
+        millivolts = round(volts * 1000)
+        self.set(f"in{voltage}_input", millivolts)
+        if averaged:
+            self.set(f"in{voltage}_average", millivolts)
+        for kind, index, label in (
+            ("in", voltage, voltage_label),
+            ("curr", current, current_label),
+        ):
+            if label is not None:
+                self.set(f"{kind}{index}_label", label)
+        key = voltage_label or f"in{voltage}"
+        self.channels[key] = FixtureChannel(
+            "pair", voltage, current=current, averaged=averaged, input_bias=input_bias
+        )
+        self.drive(key, watts)
+        return key
+
+    def remove(self, attribute: str) -> None:
+        (self.attributes / attribute).unlink()
+
     def pair(self, index: int, label: str, volts: float, watts: float) -> None:
         """``inN_input`` (mV) and ``currN_input`` (mA) of one rail, labelled on both."""
         self.voltage(index, round(volts * 1000), label)
@@ -153,8 +191,13 @@ class FixtureChip:
         if channel.kind == "power":
             self.set(f"power{channel.index}_{channel.item}", round(watts * 1e6))
         elif channel.kind == "pair":
+            current = channel.current or channel.index
             millivolts = int(self.get(f"in{channel.index}_input"))
-            self.set(f"curr{channel.index}_input", round(watts * 1e6 / millivolts))
+            milliamperes = watts * 1e6 / millivolts
+            if channel.averaged:
+                self.set(f"curr{current}_average", round(milliamperes))
+                milliamperes *= channel.input_bias
+            self.set(f"curr{current}_input", round(milliamperes))
 
     def run(self, seconds: float, watts_by_label: dict[str, float]) -> dict[str, float]:
         """Run each channel at its power for ``seconds``; return the joules, by label."""

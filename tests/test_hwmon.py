@@ -638,3 +638,125 @@ def test_factory(tree: SysfsTree) -> None:
     assert (reading.component, reading.zone, reading.source) == ("cpu", "esocket0", "hwmon")
     assert reading.joules == pytest.approx(0.001)
     receiver.shutdown()
+
+
+# -- hardware fidelity: pairs, averages, names ----------------------------------------------
+
+
+def test_averaged_voltage_and_current_are_preferred(tree: SysfsTree, clock: FakeClock) -> None:
+    """Where the chip averages inN and currN, those give the power, as powerN_average does;
+    the instantaneous _input (3.8% high on this rail) would overcount."""
+    chip = tree.add_chip("ina238", "platform/i2c-5/5-0044")
+    rail = chip.rail(1, 1, 12.0, 96.0, averaged=True, input_bias=1.038)
+    assert int(chip.get("curr1_input")) == round(8000 * 1.038)
+    receiver = started(tree, clock)
+    zone = "i2c_5_5_0044_power1"  # unlabelled: Kepler's <device parent>_<device>_power<N>
+    assert receiver.zones == {"platform": [zone]}
+    for seconds in (1.0, 5.0):
+        truth = chip.run(seconds, {rail: 96.0})
+        assert joules(tick(receiver, clock, seconds)) == pytest.approx(
+            {("platform", zone): truth[rail]}, rel=1e-9
+        )
+
+
+def test_input_voltage_and_current_without_averages(tree: SysfsTree, clock: FakeClock) -> None:
+    """Averages are used only where both the voltage and the current have one."""
+    chip = tree.add_chip("ina238", "platform/i2c-5/5-0044")
+    rail = chip.rail(1, 1, 12.0, 96.0)
+    chip.set("in1_average", 11000)  # the current has no average: inputs for both
+    receiver = started(tree, clock)
+    chip.run(2.0, {rail: 96.0})
+    assert joules(tick(receiver, clock, 2.0)) == pytest.approx(
+        {("platform", "i2c_5_5_0044_power1"): 192.0}
+    )
+
+
+def test_pmbus_regulator_pairs_vout_with_iout(tree: SysfsTree, clock: FakeClock) -> None:
+    """A MAX20730: in1 "vin", in2 "vout1", curr1 "iout1": the output power is in2 x curr1."""
+    chip = tree.add_chip("max20730", "platform/i2c-7/7-0050")
+    chip.voltage(1, 12000, "vin")
+    rail = chip.rail(2, 1, 0.9, 45.0, voltage_label="vout1", current_label="iout1")
+    receiver = started(tree, clock)
+    assert receiver.zones == {"platform": ["vout1"]}
+    truth = chip.run(4.0, {rail: 45.0})
+    assert joules(tick(receiver, clock, 4.0)) == pytest.approx(
+        {("platform", "vout1"): truth[rail]}, rel=1e-3
+    )
+
+
+def test_pmbus_labels_pair_on_any_pmbus_chip(tree: SysfsTree, clock: FakeClock) -> None:
+    """Not in the table of known chips: the PMBus core's labels say which current is whose.
+    A chip that measures pout itself keeps its own power channel (no double count)."""
+    vr = tree.add_chip("xdpe152c4", "platform/i2c-8/8-0060")
+    vr.voltage(1, 12000, "vin")
+    vr.set("curr1_input", 4000)
+    vr.set("curr1_label", "iin")
+    rail = vr.rail(3, 2, 1.8, 36.0, voltage_label="vout1", current_label="iout1")
+    psu = tree.add_chip("pmbus", "platform/i2c-3/3-0058")
+    psu.voltage(1, 230000, "vin")
+    psu.rail(2, 2, 12.0, 100.0, voltage_label="vout1", current_label="iout1")
+    psu.power(2, "pout1", 100.0, item="average")
+    receiver = started(tree, clock)
+    assert receiver.zones == {"platform": ["vout1", "pout1"]}
+    vr.run(2.0, {rail: 36.0})
+    assert joules(tick(receiver, clock, 2.0)) == pytest.approx(
+        {("platform", "vout1"): 72.0, ("platform", "pout1"): 200.0}, rel=1e-3
+    )
+
+
+def test_no_pairing_is_guessed_for_an_unknown_chip_without_labels(
+    tree: SysfsTree, clock: FakeClock
+) -> None:
+    chip = tree.add_chip("mystery9000", "platform/i2c-9/9-0010")
+    chip.rail(1, 1, 5.0, 10.0)  # in1 and curr1, no labels: perhaps not the same rail
+    chip.temp(1, 40.0)
+    receiver = started(tree, clock)
+    assert receiver.zones == {}
+    assert "mystery9000-9-0010 (1 temperature, 1 voltage)" in receiver.describe()
+
+
+def test_a_chip_without_a_name_file_is_named_by_its_directory(
+    tree: SysfsTree, clock: FakeClock
+) -> None:
+    chip = tree.add_chip("ignored", "platform/vendor-sensors.0")
+    chip.remove("name")
+    chip.power(1, None, 20.0)
+    chip.temp(1, 33.0)
+    receiver = started(tree, clock)  # the only chip: the agent starts
+    assert receiver.zones == {"platform": ["platform_vendor_sensors_0_power1"]}
+    [gauge] = tick(receiver, clock, 1.0).gauges
+    assert gauge.attributes["hw.id"] == "hwmon0-vendor-sensors.0/temp1"
+
+
+def test_a_chip_named_in_its_device_directory(tree: SysfsTree, clock: FakeClock) -> None:
+    chip = tree.add_chip("ina226", "platform/i2c-2/2-0041")
+    chip.remove("name")
+    assert chip.device is not None
+    (chip.device / "name").write_text("ina226\n")  # an I2C client's name
+    rail = chip.rail(1, 1, 5.0, 10.0)  # known chip: in1 x curr1
+    receiver = started(tree, clock)
+    assert receiver.zones == {"platform": ["i2c_2_2_0041_power1"]}
+    chip.run(1.0, {rail: 10.0})
+    assert joules(tick(receiver, clock, 1.0)) == pytest.approx(
+        {("platform", "i2c_2_2_0041_power1"): 10.0}
+    )
+
+
+def test_unlabelled_energy_and_power_zones_are_named_as_kepler_names_them(
+    tree: SysfsTree, clock: FakeClock
+) -> None:
+    chip = tree.add_chip("mlxreg", "platform/mlxreg-hotplug.0")
+    chip.energy(1, None, microjoules=5_000_000)
+    chip.power(2, None, 40.0)
+    chip.power(3, "PSU-1 In", 60.0)
+    virtual = tree.add_chip("acpi_fan", None)
+    virtual.power(1, None, 3.0)
+    receiver = started(tree, clock)
+    assert receiver.zones == {
+        "platform": [
+            "platform_mlxreg_hotplug_0_energy1",
+            "platform_mlxreg_hotplug_0_power2",
+            "psu_1_in",  # the label, cleaned as Kepler cleans it
+            "acpi_fan_power1",  # no device: the chip's name
+        ]
+    }
