@@ -110,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"otel-kepler {__version__}")
     p.add_argument(
         "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
+        type=_log_level,
+        metavar="{debug,info,warn,error}",
         help="log level (default: $OTEL_KEPLER_LOG_LEVEL, else the config's "
         "service.telemetry.logs.level, else info)",
     )
@@ -180,6 +180,12 @@ def _add_model_commands(sub: Any) -> None:
     tr.set_defaults(func=cmd_train)
 
 
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.lower()
+
+
 def _duration(text: str) -> float:
     try:
         value = float(Duration.parse(text))
@@ -193,8 +199,7 @@ def _duration(text: str) -> float:
 def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     from otel_kepler.service import Service
 
-    config = _load(args.config, registry, strict=args.strict)
-    _apply_telemetry(config, args)
+    config = _load(args.config, registry, args, strict=args.strict)
     service = Service(config)
     service.start()
 
@@ -219,23 +224,21 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def _load(path: str, registry: Registry, *, strict: bool) -> AgentConfig:
-    """Load a config; warnings go to the log, or, when strict, the first is the error."""
+def _load(path: str, registry: Registry, args: argparse.Namespace, *, strict: bool) -> AgentConfig:
+    """Load a config and set logging as it says; its warnings are logged, or, when strict,
+    the first is the error."""
     config = load_file(path, registry)
     if strict and config.warnings:
         for warning in config.warnings[1:]:
             print(f"otel-kepler: config error: {warning}", file=sys.stderr)
         raise ConfigError("", f"{config.warnings[0]} (--strict)")
-    for warning in config.warnings:
-        log.warning("%s", warning)
-    return config
-
-
-def _apply_telemetry(config: AgentConfig, args: argparse.Namespace) -> None:
-    """The config's log level and encoding, unless --log-level or the environment said."""
+    # The config's log level and encoding, unless --log-level or the environment said.
     logs = config.service.telemetry.logs
     level = args.log_level or os.environ.get("OTEL_KEPLER_LOG_LEVEL") or logs.level
     _setup_logging(level.lower(), logs.encoding)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
 
 
 def _setup_logging(level: str, encoding: str) -> None:
@@ -304,7 +307,8 @@ def cmd_schema(args: argparse.Namespace, registry: Registry) -> int:
 def cmd_doctor(args: argparse.Namespace, registry: Registry) -> int:
     host = HostSettings()
     if args.config:
-        host = load_file(args.config, registry).host
+        config = _load(args.config, registry, args, strict=False)
+        host = config.host
     print(f"host: procfs={host.procfs} sysfs={host.sysfs} uid={os.geteuid()}")
     for ctype, factory in sorted(registry.factories("receivers").items()):
         if factory.doctor is None:
@@ -325,8 +329,7 @@ def cmd_record(args: argparse.Namespace, registry: Registry) -> int:
 
     from otel_kepler.training import record
 
-    config = _load(args.config, registry, strict=False)
-    _apply_telemetry(config, args)
+    config = _load(args.config, registry, args, strict=False)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from otel_kepler.component import Factory, HostSettings
 from otel_kepler.registry import Registry
-from otel_kepler.schema import ConfigError, Duration, Substituted, decode, join
+from otel_kepler.schema import ConfigError, Duration, Substituted, decode, join, kind_of
 from otel_kepler.yaml_loader import MAX_FILE_BYTES, load_document, read_file
 
 KINDS = ("receivers", "processors", "exporters")
@@ -208,7 +208,9 @@ def parse(text: str, registry: Registry, filename: str = "<config>") -> AgentCon
 def _build(raw: Any, registry: Registry, filename: str) -> AgentConfig:
     raw = substitute(raw, "")
     if not isinstance(raw, dict):
-        raise ConfigError("", f"{filename}: the config must be a mapping of sections")
+        raise ConfigError(
+            "", f"{filename}: the config must be a mapping of sections, got {kind_of(raw)}"
+        )
     allowed = {"host", *KINDS, "service"}
     for key in raw:
         if key not in allowed:

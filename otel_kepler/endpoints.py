@@ -186,7 +186,7 @@ def _url(
         port = parts.port
     except ValueError:
         raise ConfigError(
-            field, f"has no valid port (1 to {MAX_PORT}) in {_safe(text)!r}"
+            field, f"port must be a number 1 to {MAX_PORT}, got {_safe(text)!r}"
         ) from None
     scheme = parts.scheme.lower()
     if schemes is not None and scheme not in schemes:

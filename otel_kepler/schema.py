@@ -52,7 +52,7 @@ class Duration(float):
     def parse(cls, text: object) -> Duration:
         """A Duration from a YAML value; ValueError with a readable message otherwise."""
         if isinstance(text, bool) or not isinstance(text, int | float | str):
-            raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {_kind(text)}")
+            raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {kind_of(text)}")
         value = float(text) if isinstance(text, int | float) else cls._parse_text(text)
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"expected a finite duration, got {text!r}")
@@ -120,7 +120,7 @@ def decode(cls: type[T], raw: Any, path: str) -> T:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(path, f"expected a mapping, got {_kind(raw)}")
+        raise ConfigError(path, f"expected a mapping, got {kind_of(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
@@ -158,12 +158,20 @@ def _takes_text(tp: Any) -> bool:
     return tp is str
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        bytes: "binary data",
+        set: "a set",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _decode_value(tp: Any, value: Any, path: str) -> Any:
@@ -189,12 +197,12 @@ def _decode_value(tp: Any, value: Any, path: str) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(path, f"expected a list, got {_kind(value)}")
+            raise ConfigError(path, f"expected a list, got {kind_of(value)}")
         (item,) = get_args(tp)
         return [_decode_value(item, v, join(path, i)) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
+            raise ConfigError(path, f"expected a mapping, got {kind_of(value)}")
         _, item = get_args(tp)
         return {str(k): _decode_value(item, v, join(path, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -222,7 +230,7 @@ def _decode_scalar(tp: Any, value: Any, path: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(path, f"expected a string, got {_kind(value)}")
+            raise ConfigError(path, f"expected a string, got {kind_of(value)}")
         return str(value)
     if tp is Any:
         return value

@@ -4,6 +4,7 @@ they are read, not after they have expanded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ import yaml
 
 from otel_kepler.config import AgentConfig, load_file, parse
 from otel_kepler.config_schema import config_schema
+from otel_kepler.endpoints import (
+    Endpoint,
+    check_header,
+    check_headers,
+    grpc_endpoint,
+    host_port,
+    http_url,
+)
 from otel_kepler.registry import default_registry
 from otel_kepler.schema import ConfigError, Duration
 from otel_kepler.yaml_loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
@@ -446,3 +455,137 @@ def test_the_shipped_configs_load_without_warnings() -> None:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         config = load_file(str(path), default_registry())
         assert config.warnings == [], path.name
+
+
+# Endpoint and header validators (otel_kepler.endpoints), used by exporters and receivers.
+
+
+def endpoint_error(call: Callable[[], object]) -> str:
+    with pytest.raises(ConfigError) as err:
+        call()
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("collector:4317", Endpoint("collector", 4317)),
+        ("10.0.0.5:4317", Endpoint("10.0.0.5", 4317)),
+        ("[::1]:4317", Endpoint("::1", 4317)),
+        ("http://collector:4317", Endpoint("collector", 4317, "http")),
+        ("https://otel.example.com:443/", Endpoint("otel.example.com", 443, "https")),
+    ],
+)
+def test_grpc_endpoints(value: str, expected: Endpoint) -> None:
+    assert grpc_endpoint(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a/b/c", "endpoint: expected host:port, got 'a/b/c'"),
+        ("collector", "endpoint: needs a port (host:port), got 'collector'"),
+        ("collector:99999", "endpoint: port must be 1 to 65535, got 99999"),
+        ("collector:0", "endpoint: port must be 1 to 65535, got 0"),
+        ("collector:43x7", "endpoint: port must be a number 1 to 65535, got 'collector:43x7'"),
+        (
+            "https://c:4317/v1",
+            "endpoint: a gRPC endpoint has no path, got 'https://c:4317/v1' (path '/v1')",
+        ),
+        ("https://c", "endpoint: needs a port (host:port), got 'https://c'"),
+        ("ftp://c:21", "endpoint: must be an http:// or https:// URL, got 'ftp://c:21'"),
+        ("", "endpoint: must not be empty"),
+        (" c:1", "endpoint: must not contain spaces or control characters, got ' c:1'"),
+        ("[::1:4317", "endpoint: has an unclosed '[' in '[::1:4317'"),
+        ("bad_host!:1", "endpoint: has an invalid host name 'bad_host!' in 'bad_host!:1'"),
+    ],
+)
+def test_bad_grpc_endpoints(value: str, message: str) -> None:
+    assert endpoint_error(lambda: grpc_endpoint(value)) == message
+
+
+def test_http_urls() -> None:
+    assert http_url("http://c:4318/v1/metrics") == Endpoint("c", 4318, "http", "/v1/metrics")
+    assert http_url("https://c") == Endpoint("c", 443, "https")
+    assert http_url("http://[fd00::1]:8080") == Endpoint("fd00::1", 8080, "http")
+    assert http_url("https://c").secure is True and http_url("http://c").secure is False
+    cases = {
+        "http://c:99999": "url: port must be a number 1 to 65535, got 'http://c:99999'",
+        "c:4318": "url: must be an http:// or https:// URL, got 'c:4318'",
+        "http://:4318": "url: has no host, got 'http://:4318'",
+        "http://c:": "url: has an empty port in 'http://c:'",
+        "http://c/#x": "url: must not have a #fragment, got 'http://c/#x'",
+        "http://user:hunter2@c": "url: must not carry credentials (user:password@); put them in "
+        "headers",
+    }
+    for value, message in cases.items():
+        assert endpoint_error(lambda v=value: http_url(v, field="url")) == message  # type: ignore[misc]
+
+
+def test_host_port_for_network_receivers() -> None:
+    assert host_port("bmc", 623) == Endpoint("bmc", 623)
+    assert host_port("bmc:624", 623) == Endpoint("bmc", 624)
+    assert host_port("[fd00::7]:6230", 623).hostport == "[fd00::7]:6230"
+    assert host_port("fd00::7", 623) == Endpoint("fd00::7", 623)
+    assert host_port("http://bmc:8000", 623) == Endpoint("bmc", 8000, "http")
+    assert host_port(":9102", None, allow_empty_host=True) == Endpoint("", 9102)
+    assert endpoint_error(lambda: host_port(":9102", None)) == "endpoint: has no host, got ':9102'"
+    assert endpoint_error(lambda: host_port("bmc", None)) == (
+        "endpoint: needs a port (host:port), got 'bmc'"
+    )
+    assert endpoint_error(lambda: host_port("fd00::zz", 623)) == (
+        "endpoint: has an invalid IPv6 address in 'fd00::zz'"
+    )
+
+
+def test_headers() -> None:
+    assert check_header("Authorization", "Bearer abc\tdef") == "Authorization"
+    assert check_header("X-Scope-OrgID", "tenant", grpc=True) == "x-scope-orgid"
+    assert check_headers({"a": "1", "B": "2"}, grpc=True) == {"a": "1", "b": "2"}
+    cases: list[tuple[Callable[[], object], str]] = [
+        (
+            lambda: check_header("Bad Name", "x"),
+            "headers.Bad Name: is not a valid header name (bad character ' ')",
+        ),
+        (
+            lambda: check_header("X-Token", "s3cret\r\nX-Evil: 1"),
+            "headers.X-Token: the value has a carriage return (CR) at position 6",
+        ),
+        (
+            lambda: check_header("X-Token", "a\nb"),
+            "headers.X-Token: the value has a line feed (LF) at position 1",
+        ),
+        (
+            lambda: check_header("X-Token", "a\0"),
+            "headers.X-Token: the value has a NUL at position 1",
+        ),
+        (
+            lambda: check_header("X-Token", "a\x1b"),
+            "headers.X-Token: the value has a control character (0x1b) at position 1",
+        ),
+        (
+            lambda: check_header("X-Token", "\u20ac"),
+            "headers.X-Token: the value has a character that cannot be sent (U+20AC) at position 0",
+        ),
+        (
+            lambda: check_header("x-token", "caf\xe9", grpc=True),
+            "headers.x-token: the value has a character that cannot be sent (U+00E9) at position 3",
+        ),
+        (
+            lambda: check_header("grpc-timeout", "1", grpc=True),
+            "headers.grpc-timeout: keys starting with grpc- are reserved by gRPC",
+        ),
+        (
+            lambda: check_header("x:y", "1", grpc=True),
+            "headers.x:y: a gRPC metadata key may have "
+            "only letters, digits, '-', '_' and '.' (bad character ':')",
+        ),
+        (
+            lambda: check_headers({"Auth": "1", "auth": "2"}),
+            "headers.auth: is the same header as 'Auth' (names ignore case)",
+        ),
+        (lambda: check_header("", "1"), "headers: a header name must be a non-empty string"),
+    ]
+    for call, message in cases:
+        assert endpoint_error(call) == message
+    assert "s3cret" not in endpoint_error(cases[1][0])
