@@ -11,18 +11,25 @@ pod's filesystem and environment (the volumes and variables the rendered pod spe
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
 import functools
 import hashlib
+import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import helm_python as helm
 import kubernetes_validate
@@ -105,6 +112,89 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Kepler's documented installs, verbatim, with this chart in place of kepler/kepler.
+KEPLER_COMMANDS = {
+    "high": "helm install kepler <chart> --namespace monitoring"
+    " --set serviceMonitor.enabled=true --set serviceMonitor.labels.release=prometheus"
+    " --set securityContext.runAsUser=0 --set securityContext.runAsGroup=0"
+    " --set securityContext.fsGroup=0 --set securityContext.capabilities.add[0]=CAP_BPF"
+    " --set securityContext.capabilities.add[1]=CAP_NET_ADMIN"
+    " --set securityContext.capabilities.add[2]=CAP_SYS_ADMIN",
+    "low": "helm install kepler <chart> --namespace monitoring"
+    " --set serviceMonitor.enabled=true --set serviceMonitor.labels.release=prometheus"
+    " --set securityContext.runAsUser=1000 --set securityContext.runAsGroup=1000"
+    " --set securityContext.fsGroup=1000 --set securityContext.capabilities.drop[0]=ALL",
+}
+
+
+def helm_install(command: str) -> tuple[str, str, dict[str, Any]]:
+    """(release, namespace, values) of a ``helm install`` line, as Helm's CLI reads it.
+
+    The CLI parses each --set in turn into one map with strvals.ParseInto; a comma-joined
+    expression is parsed by the same function the same way (each pair in turn), so the values
+    here are exactly Helm's for that line.
+    """
+    words = shlex.split(command)
+    assert words[:2] == ["helm", "install"] and words[3] == "<chart>", words
+    release, namespace, sets = words[2], "default", []
+    flags = iter(words[4:])
+    for flag in flags:
+        if flag in ("--namespace", "-n"):
+            namespace = next(flags)
+        else:
+            assert flag == "--set", f"unexpected flag {flag}"
+            expression = next(flags)
+            assert "," not in expression, expression
+            sets.append(expression)
+    return release, namespace, helm.parse_set_string(",".join(sets))
+
+
+def kepler_install(mode: str) -> list[dict[str, Any]]:
+    """The objects Kepler's documented ``helm install`` line gives with this chart."""
+    release, namespace, values = helm_install(KEPLER_COMMANDS[mode])
+    files = _chart().render(values, name=release, namespace=namespace)
+    return [
+        doc
+        for path, text in sorted(files.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+VALUE_SETS["kepler-high"] = helm_install(KEPLER_COMMANDS["high"])[2]
+VALUE_SETS["kepler-low"] = helm_install(KEPLER_COMMANDS["low"])[2]
+VALUE_SETS["low-redfish-password"] = {
+    "securityContext": {"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}},
+    "redfish": {
+        "enabled": True,
+        "endpoint": "https://${env:NODE_NAME}-bmc.example.net",
+        "username": "monitor",
+        "password": "hunter2",
+        "caFile": "ca.crt",
+        "caSecretName": "bmc-ca",
+    },
+}
+VALUE_SETS["low-config-merged"] = {
+    "privilege": "low",
+    "config": {
+        "service": {"interval": "10s", "telemetry": {"logs": {"level": "debug"}}},
+        "receivers": {"estimator": {"idle_watts": 60, "max_watts": 280}},
+        "processors": {"attribution": {"split_by": "hardware_counters"}},
+    },
+}
+VALUE_SETS["high-redfish-secret"] = {
+    "redfish": {
+        "enabled": True,
+        "endpoint": "bmc.example.net:8443",
+        "username": "monitor",
+        "passwordSecret": {"secretName": "bmc", "key": "redfish-password"},
+        "insecureSkipVerify": True,
+        "auth": "session",
+        "pollInterval": "30s",
+    },
+}
+
 #: The kinds each value set renders (besides the CRDs, asserted separately).
 DAEMONSET_KINDS = {
     "ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"
@@ -116,6 +206,11 @@ KINDS = {
     "low-otlp-carbon-gpu-monitoring": DAEMONSET_KINDS | {"NetworkPolicy"},
     "low-ipmi-lan": DAEMONSET_KINDS,
     "high-ipmi-in-band-otlp-http": DAEMONSET_KINDS,
+    "kepler-high": DAEMONSET_KINDS,
+    "kepler-low": DAEMONSET_KINDS,
+    "low-redfish-password": DAEMONSET_KINDS | {"Secret"},
+    "high-redfish-secret": DAEMONSET_KINDS,
+    "low-config-merged": DAEMONSET_KINDS,
 }
 
 #: Value sets whose pipeline uses a component type that is not registered yet.
@@ -123,6 +218,9 @@ NEEDS = {
     "high": {"ebpf"},
     "low-ipmi-lan": {"ipmi"},
     "high-ipmi-in-band-otlp-http": {"ebpf", "ipmi"},
+    "kepler-high": {"ebpf"},
+    "low-redfish-password": {"redfish"},
+    "high-redfish-secret": {"ebpf", "redfish"},
 }
 
 
@@ -159,7 +257,11 @@ def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> di
 
 def agent_config(objects: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """The agent's config.yaml from the rendered ConfigMap: (text, parsed)."""
-    text = one(objects, "ConfigMap", FULLNAME)["data"]["config.yaml"]
+    return agent_config_of(objects, FULLNAME)
+
+
+def agent_config_of(objects: list[dict[str, Any]], name: str) -> tuple[str, dict[str, Any]]:
+    text = one(objects, "ConfigMap", name)["data"]["config.yaml"]
     return text, yaml.safe_load(text)
 
 
@@ -171,6 +273,12 @@ def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def agent_container(spec: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in spec["containers"] if c["name"] == "otel-kepler")
+
+
+def env_value(container: dict[str, Any], name: str) -> str:
+    values = [e["value"] for e in container["env"] if e["name"] == name]
+    assert len(values) == 1, f"{name}: {values}"
+    return str(values[0])
 
 
 def mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -234,16 +342,18 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
 
 def test_high_privilege_runs_ebpf_and_rapl_as_root_with_the_seeds_capabilities() -> None:
     objects = render({"privilege": "high"})
-    assert render({}) == objects  # high is the default
+    default = render({})  # high is the default; only the reason given for it differs
+    assert agent_config(default)[1] == agent_config(objects)[1]
+    for rendered in (default, objects):
+        agent_container(pod_spec(rendered))["env"].pop(-1)  # the note, last of the env
+    assert pod_spec(default) == pod_spec(objects)
     daemonset = one(objects, "DaemonSet")
     spec = daemonset["spec"]["template"]["spec"]
     container = agent_container(spec)
     assert spec["hostPID"] is True
     assert spec["securityContext"] == {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0}
+    # The identity is the pod's; the container has what only a container has.
     assert container["securityContext"] == {
-        "runAsUser": 0,
-        "runAsGroup": 0,
-        "runAsNonRoot": False,
         "privileged": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"], "add": HIGH_CAPABILITIES},
@@ -283,14 +393,10 @@ def test_low_privilege_runs_procfs_and_the_estimator_without_any_capability() ->
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert container["securityContext"] == {
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "runAsNonRoot": True,
         "privileged": False,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert host_paths(spec, container) == {
         "/host/proc": ("/proc", True),
@@ -371,6 +477,223 @@ def test_host_pid_and_resources_can_be_set() -> None:
     spec = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
     assert spec["hostPID"] is True
     assert agent_container(spec)["resources"] == values["resources"]
+
+
+# -- Kepler's documented installs, verbatim ----------------------------------------------
+
+
+def test_kepler_commands_are_parsed_by_helm() -> None:
+    """What Helm makes of the two lines: Kepler's one securityContext, CAP_ spelling included."""
+    release, namespace, high = helm_install(KEPLER_COMMANDS["high"])
+    assert (release, namespace) == ("kepler", "monitoring")
+    monitor = {"enabled": True, "labels": {"release": "prometheus"}}
+    assert high == {
+        "serviceMonitor": monitor,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "fsGroup": 0,
+            "capabilities": {"add": ["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]},
+        },
+    }
+    assert helm_install(KEPLER_COMMANDS["low"])[2] == {
+        "serviceMonitor": monitor,
+        "securityContext": {
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def test_kepler_high_command_gives_a_root_ebpf_pod() -> None:
+    objects = kepler_install("high")
+    daemonset = one(objects, "DaemonSet", "kepler-otel-kepler")
+    spec = daemonset["spec"]["template"]["spec"]
+    container = agent_container(spec)
+    assert daemonset["metadata"]["labels"]["otel-kepler.io/privilege"] == "high"
+    assert spec["hostPID"] is True
+    assert spec["securityContext"] == {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0}
+    # The runtime prefixes CAP_ itself: the names go without it, in the user's order.
+    assert container["securityContext"] == {
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "SYS_ADMIN"]},
+    }
+    assert "/sys/kernel/debug" in host_paths(spec, container)
+    monitor = one(objects, "ServiceMonitor", "kepler-otel-kepler")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "kepler"
+    _, config = agent_config_of(objects, "kepler-otel-kepler")
+    assert config["receivers"] == {
+        "rapl": {"fallback": "estimator"},
+        "ebpf": {"fallback": "procfs"},
+    }
+    assert config["service"]["pipelines"]["metrics"]["receivers"] == ["rapl", "ebpf"]
+    assert env_value(container, "OTEL_KEPLER_PRIVILEGE_NOTE").startswith(
+        "otel-kepler: privilege high (securityContext.runAsUser=0, "
+        "securityContext.capabilities.add=[BPF,NET_ADMIN,SYS_ADMIN]): "
+        "root with capabilities BPF, NET_ADMIN, SYS_ADMIN; receivers rapl"
+    )
+
+
+def test_kepler_low_command_gives_an_unprivileged_pod() -> None:
+    objects = kepler_install("low")
+    daemonset = one(objects, "DaemonSet", "kepler-otel-kepler")
+    spec = daemonset["spec"]["template"]["spec"]
+    container = agent_container(spec)
+    assert daemonset["metadata"]["labels"]["otel-kepler.io/privilege"] == "low"
+    # Without hostPID: the host's procfs mounted at /host/proc shows every host process.
+    assert spec["hostPID"] is False
+    assert spec["securityContext"] == {
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["securityContext"] == {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert host_paths(spec, container) == {
+        "/host/proc": ("/proc", True),
+        "/host/sys": ("/sys", True),
+    }
+    monitor = one(objects, "ServiceMonitor", "kepler-otel-kepler")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    text, config = agent_config_of(objects, "kepler-otel-kepler")
+    assert config["receivers"] == {"estimator": {}, "procfs": {}}
+    assert config["service"]["pipelines"]["metrics"]["receivers"] == ["estimator", "procfs"]
+    assert config["host"]["procfs"] == "/host/proc"
+    note = env_value(container, "OTEL_KEPLER_PRIVILEGE_NOTE")
+    assert note == (
+        "otel-kepler: privilege low (securityContext.runAsUser=1000, "
+        "securityContext.capabilities.drop=[ALL] without add): receivers procfs (the host's "
+        "/proc mounted at /host/proc, no hostPID) and estimator (modelled power, "
+        "source=model); rapl is off because energy_uj is readable by root only, ebpf because "
+        "loading BPF needs root with CAP_BPF and CAP_SYS_ADMIN. otel-kepler doctor tells what "
+        "each source lacks on this node."
+    )
+    assert text.splitlines()[0] == f"# {note}"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("mode", sorted(KEPLER_COMMANDS))
+def test_kepler_commands_give_valid_kubernetes(mode: str, version: str) -> None:
+    kinds = set()
+    for obj in kepler_install(mode):
+        kinds.add(obj["kind"])
+        if obj["kind"] not in CRD_KINDS:
+            assert kubernetes_validate.validate(obj, version, strict=True) == version
+    assert kinds == DAEMONSET_KINDS | {"ServiceMonitor"}
+
+
+@pytest.mark.parametrize(
+    "source", [f"helm install ({m})" for m in sorted(KEPLER_COMMANDS)] + sorted(VALUE_SETS)
+)
+def test_fs_group_is_only_ever_the_pods(source: str) -> None:
+    if source.startswith("helm install"):
+        objects = kepler_install(source.removeprefix("helm install (").removesuffix(")"))
+    else:
+        objects = render(VALUE_SETS[source])
+    spec = pod_spec(objects)
+    for container in spec["containers"]:
+        context = container.get("securityContext", {})
+        assert "fsGroup" not in context, container["name"]
+        assert not [c for c in context.get("capabilities", {}).get("add", []) if "CAP_" in c]
+    if "securityContext" in spec:
+        assert "fsGroup" in spec["securityContext"]
+
+
+@pytest.mark.parametrize("mode", sorted(KEPLER_COMMANDS))
+def test_kepler_command_pod_logs_why_and_runs_a_valid_pipeline(mode: str, tmp_path: Path) -> None:
+    """The rendered command, run by a real shell with the rendered env: its first log line is
+    the privilege note, then the agent loads the rendered config (``validate`` for ``run``)."""
+    objects = kepler_install(mode)
+    pod = PodView(objects, tmp_path)
+    localized = tmp_path / "config.yaml"
+    localized.write_text(pod.localize(pod.config_path.read_text()))
+    container = agent_container(pod_spec(objects))
+    command = container["command"]
+    assert command[:2] == ["/bin/sh", "-c"] and container["args"][0] == "run"
+    env = {**pod.env, "PATH": f"{Path(sys.executable).parent}:{pod.env['PATH']}"}
+    args = ["validate", "--config", str(localized)]
+    result = subprocess.run(
+        [*command, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == env["OTEL_KEPLER_PRIVILEGE_NOTE"]
+    assert result.stdout.strip() == f"{localized}: valid (metrics)"
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    """Outside pytest's 0700 tmp dirs, so that the pod's non-root user can read it."""
+    directory = tempfile.mkdtemp(prefix="helm-pod-")
+    os.chmod(directory, 0o755)
+    try:
+        yield Path(directory)
+    finally:
+        shutil.rmtree(directory)
+
+
+def cli_as(identity: dict[str, Any], env: dict[str, str], argv: list[str]) -> tuple[int, str]:
+    """``otel-kepler ARGV`` in a forked child that became the pod's uid, gid and fsGroup (a
+    non-root uid holds no capability): (exit status, stdout). The same command runs here first
+    so that every module it needs is imported: the child keeps them, and that user could not
+    read them from this virtualenv's interpreter."""
+    from otel_kepler import cli
+
+    assert os.geteuid() == 0, "becoming the pod's user needs root"
+    with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            os.close(reader)
+            sys.stdout = os.fdopen(writer, "w")
+            os.environ.clear()
+            os.environ.update(env)
+            os.setgroups([identity["fsGroup"]])
+            os.setgid(identity["runAsGroup"])
+            os.setuid(identity["runAsUser"])
+            code = cli.main(argv)
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        output = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+def test_kepler_low_command_doctor_says_why_ebpf_and_rapl_are_off(
+    world_readable_dir: Path,
+) -> None:
+    """``otel-kepler doctor`` as the pod's user (from the rendered pod's securityContext), on
+    this host's /proc and /sys where the pod mounts them."""
+    objects = kepler_install("low")
+    pod = PodView(objects, world_readable_dir / "pod")
+    config = world_readable_dir / "config.yaml"
+    config.write_text(pod.localize(pod.config_path.read_text()))
+    config.chmod(0o644)
+    identity = pod_spec(objects)["securityContext"]
+    code, output = cli_as(identity, pod.env, ["doctor", "--config", str(config)])
+    assert code == 0, output
+    first, *rest = output.splitlines()
+    assert first == "host: procfs=/proc sysfs=/sys uid=1000"
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in rest}
+    assert lines["ebpf"][0] == "no" and "no privilege" in lines["ebpf"][1], lines["ebpf"]
+    assert lines["rapl"][0] == "no", lines["rapl"]  # no powercap, or energy_uj root-only
+    assert lines["procfs"][0] == "yes" and lines["estimator"][0] == "yes", output
 
 
 # -- sidecar mode -------------------------------------------------------------------------
@@ -535,8 +858,8 @@ class PodView:
     def localize(self, text: str) -> str:
         """Paths in the pod -> paths in this emulation (the longest mount path that matches)."""
         longest_first = sorted(self.paths, key=len, reverse=True)
-        pattern = "|".join(re.escape(path + "/") for path in longest_first)
-        return re.sub(pattern, lambda m: self.paths[m[0][:-1]].rstrip("/") + "/", text)
+        pattern = "|".join(re.escape(path) + r"(?=[/\s'\"]|$)" for path in longest_first)
+        return re.sub(pattern, lambda m: self.paths[m[0]].rstrip("/") or "/", text, flags=re.M)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -575,9 +898,10 @@ def test_secrets_never_reach_the_configmap() -> None:
     objects = render(values)
     _, config = agent_config(objects)
     otlp = config["exporters"]["otlp"]
+    # gRPC metadata keys are lowercase.
     assert otlp["headers"] == {
         "authorization": "${env:OTLP_HEADER_AUTHORIZATION}",
-        "X-Scope-OrgID": "${env:OTLP_HEADER_X_SCOPE_ORGID}",
+        "x-scope-orgid": "${env:OTLP_HEADER_X_SCOPE_ORGID}",
     }
     assert otlp["tls"] == {
         "ca_file": "/etc/otel-kepler/tls/otlp/ca.crt",
@@ -673,24 +997,41 @@ def test_in_band_ipmi_is_a_privileged_high_daemonset() -> None:
     }
 
 
-def test_config_is_rendered_verbatim_or_merged() -> None:
+def test_config_text_is_rendered_verbatim() -> None:
     text = (ROOT / "configs" / "node.yaml").read_text()
-    _, config = agent_config(render({"config": text}))
-    assert one(render({"config": text}), "ConfigMap", FULLNAME)["data"]["config.yaml"] == text
-    assert config == yaml.safe_load(text)
-    as_map = {"receivers": {"procfs": {}}, "exporters": {"debug": {}}}
-    assert agent_config(render({"config": as_map}))[1] == as_map
-    overrides = {
-        "service": {"interval": "10s"},
-        "processors": {"attribution": {"split_by": "hardware_counters"}},
-    }
-    _, merged = agent_config(render({"privilege": "low", "configOverrides": overrides}))
-    assert merged["service"]["interval"] == "10s"
-    assert merged["service"]["pipelines"]["metrics"]["receivers"] == ["estimator", "procfs"]
+    objects = render({"config": text})
+    assert one(objects, "ConfigMap", FULLNAME)["data"]["config.yaml"] == text
+    assert agent_config(objects)[1] == yaml.safe_load(text)
+
+
+def test_config_deep_merges_into_the_default_pipeline() -> None:
+    """--set config.X changes X only: the pipeline the values build stays."""
+    _, default = agent_config(render({"privilege": "low"}))
+    values = helm.parse_set_string(
+        "privilege=low,config.service.interval=10s,"
+        "config.processors.attribution.split_by=hardware_counters,"
+        "config.receivers.estimator.idle_watts=60,config.receivers.estimator.max_watts=280,"
+        "config.service.telemetry.logs.level=debug"
+    )
+    _, merged = agent_config(render(values))
+    expected = copy.deepcopy(default)
+    expected["service"]["interval"] = "10s"
+    expected["service"]["telemetry"] = {"logs": {"level": "debug"}}
+    expected["processors"]["attribution"]["split_by"] = "hardware_counters"
+    expected["receivers"]["estimator"] = {"idle_watts": 60, "max_watts": 280}
+    assert merged == expected
     assert merged["processors"]["attribution"] == {
         "levels": ["node", "container", "pod"],
         "split_by": "hardware_counters",
     }
+    # Lists replace: the pipeline's receivers are the user's when given.
+    pipeline = {"receivers": ["procfs", "estimator"]}
+    _, replaced = agent_config(
+        render({"privilege": "low", "config": {"service": {"pipelines": {"metrics": pipeline}}}})
+    )
+    metrics = replaced["service"]["pipelines"]["metrics"]
+    assert metrics["receivers"] == ["procfs", "estimator"]
+    assert metrics["exporters"] == ["prometheus"]
     extra = {
         "extraReceivers": {"acpi": {}, "hwmon": {"gauges": False}},
         "extraExporters": {"debug": None},
@@ -836,7 +1177,7 @@ def test_notes_tell_how_to_see_the_metrics() -> None:
 # -- values.schema.json refuses wrong values at install -----------------------------------
 
 BAD_VALUES = [
-    ({"privilege": "medium"}, "at '/privilege': value must be one of 'high', 'low'"),
+    ({"privilege": "medium"}, "at '/privilege': value must be one of 'auto', 'high', 'low'"),
     ({"mode": "deployment"}, "at '/mode': value must be one of 'daemonset', 'sidecar'"),
     ({"port": "9102"}, "at '/port': got string, want integer"),
     ({"port": 70000}, "at '/port': maximum"),
@@ -851,9 +1192,22 @@ BAD_VALUES = [
     ({"ipmi": {"enabled": True, "endpoint": "bmc.example.net"}},
      "at '/ipmi/passwordSecret/secretName': minLength: got 0, want 1"),
     ({"ipmi": {"password": "hunter2"}}, "additional properties 'password' not allowed"),
-    ({"privilege": "low", "ipmi": {"enabled": True}}, "at '/privilege': value must be 'high'"),
+    ({"privilege": "low", "ipmi": {"enabled": True}},
+     "at '/privilege': value must be one of 'auto', 'high'"),
     ({"resources": {"limits": {"memory": "lots"}}}, "at '/resources'"),
     ({"hostPID": "yes"}, "at '/hostPID'"),
+    ({"config": {"foo": {}}}, "at '/config': additional properties 'foo' not allowed"),
+    ({"config": {"service": {"intervall": "5s"}}},
+     "at '/config/service': additional properties 'intervall' not allowed"),
+    ({"securityContext": {"runAsUsr": 0}},
+     "at '/securityContext': additional properties 'runAsUsr' not allowed"),
+    ({"podSecurityContext": {"capabilities": {"add": ["BPF"]}}},
+     "at '/podSecurityContext': additional properties 'capabilities' not allowed"),
+    ({"serviceMonitor": {"path": "/stats"}}, "at '/serviceMonitor/path': value must be '/metrics'"),
+    ({"image": {"repository": "r", "tag": "t", "digest": "sha1:abc"}}, "at '/image/digest'"),
+    ({"redfish": {"auth": "ntlm"}},
+     "at '/redfish/auth': value must be one of 'auto', 'session', 'basic'"),
+    ({"service": {"port": 0}}, "at '/service/port': minimum"),
 ]  # fmt: skip
 
 
@@ -867,4 +1221,195 @@ def test_a_wrong_value_is_refused_by_the_schema(values: dict[str, Any], message:
     report = helm.lint(CHART, values, namespace=NAMESPACE)
     assert any(message in error for error in report["errors"]) or any(
         message in m["error"] for m in report["messages"] if m["severity"] == 3
+    )
+
+
+# -- Kepler's keys that mean nothing here: refused with the key to use --------------------
+
+REFUSED = [
+    ({"config": {"kube": {"enabled": True}}},
+     "config.kube is Kepler's: pod and container names come from the k8sattributes processor, "
+     "use k8sattributes.enabled (on by default) and k8sattributes.source (kubelet or apiserver)"),
+    ({"config": {"log": {"level": "debug"}}},
+     "config.log is Kepler's: use config.service.telemetry.logs.level"),
+    ({"config": {"rapl": {"zones": ["package"]}}},
+     "config.rapl is Kepler's: use config.receivers.rapl"),
+    ({"config": {"experimental": {"platform": {"redfish": {"enabled": True}}}}},
+     "config.experimental is Kepler's: for Redfish use redfish.enabled, redfish.endpoint"),
+    ({"daemonset": {"hostPID": True}},
+     "daemonset.hostPID is a key of Kepler's chart: this chart has the DaemonSet's settings at "
+     "the top level, use hostPID"),
+    ({"daemonset": {"securityContext": {"privileged": True}}},
+     "daemonset.securityContext is a key of Kepler's chart: this chart has the DaemonSet's "
+     "settings at the top level, use securityContext"),
+    ({"namespace": {"create": True, "name": "kepler"}},
+     "use helm install --namespace NAME --create-namespace"),
+    ({"canMount": {"usrSrc": False}}, "canMount.usrSrc is a key of Kepler's chart: use "
+     "hostPaths.usrSrc (empty: the host's /usr/src is not mounted"),
+    ({"service": {"targetPort": "http"}}, "service.targetPort is a key of Kepler's chart: the "
+     "Service always targets the agent's port (named kepler-metrics); use service.port"),
+    ({"redfish": {"enabled": True, "fileContent": "node1,admin,pw,https://bmc1"}},
+     "redfish.fileContent (Kepler's node,username,password,URL lines) is not used: set "
+     "redfish.endpoint"),
+    ({"configOverrides": {"service": {"interval": "10s"}}},
+     "configOverrides is no longer a key: use config, which deep-merges"),
+    ({"redfish": {"enabled": True}}, "redfish.enabled needs redfish.endpoint"),
+    # Privilege: the user's securityContext against itself and against privilege.
+    ({"securityContext": {"runAsUser": 1000, "capabilities": {"add": ["CAP_BPF"]}}},
+     "securityContext asks for both privileges: securityContext.runAsUser=1000 (privilege low: "
+     "a non-root agent without capabilities) and securityContext.capabilities.add=[BPF] "
+     "(privilege high: root with BPF, SYS_ADMIN and NET_ADMIN); keep the keys of one of them"),
+    ({"privilege": "high", "securityContext": {"runAsUser": 1000}},
+     "privilege=high, but securityContext.runAsUser=1000 asks for privilege low: remove it, "
+     "or set privilege=low"),
+    ({"privilege": "low", "securityContext": {"capabilities": {"add": ["BPF", "PERFMON"]}}},
+     "privilege=low, but securityContext.capabilities.add=[BPF,PERFMON] asks for privilege "
+     "high: remove it, or set privilege=high"),
+    ({"ipmi": {"enabled": True}, "podSecurityContext": {"runAsUser": 1000}},
+     "ipmi.enabled without ipmi.endpoint reads the node's BMC through /dev/ipmi0, which needs "
+     "privilege high, but podSecurityContext.runAsUser=1000 asks for low"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("values", "message"), REFUSED, ids=[m[:60] for _, m in REFUSED])
+def test_a_kepler_key_is_refused_with_the_key_to_use(values: dict[str, Any], message: str) -> None:
+    _chart().validate_schema(values)  # the schema admits them: the message is the template's
+    with pytest.raises(helm.HelmRenderError, match="execution error at") as err:
+        _chart().render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(err.value)
+
+
+def test_privilege_follows_the_users_security_context() -> None:
+    cases: dict[str, list[dict[str, Any]]] = {
+        "low": [
+            {"securityContext": {"runAsUser": 65534}},
+            {"podSecurityContext": {"runAsNonRoot": True}},
+            {"securityContext": {"capabilities": {"drop": ["ALL"]}}},
+            {"privilege": "low", "securityContext": {"runAsUser": 1000}},
+        ],
+        "high": [
+            {},
+            {"securityContext": {"runAsUser": 0}},
+            {"securityContext": {"capabilities": {"add": ["cap_bpf"], "drop": ["ALL"]}}},
+            {"securityContext": {"privileged": True}},  # Kepler's chart default
+        ],
+    }
+    for privilege, value_sets in cases.items():
+        for values in value_sets:
+            objects = render(values)
+            labels = one(objects, "DaemonSet")["metadata"]["labels"]
+            assert labels["otel-kepler.io/privilege"] == privilege, values
+            receivers = agent_config(objects)[1]["service"]["pipelines"]["metrics"]["receivers"]
+            assert (
+                receivers == {"high": ["rapl", "ebpf"], "low": ["estimator", "procfs"]}[privilege]
+            )
+    # The user's uid wins over the privilege's, on the pod; Kepler's privileged: true stays.
+    spec = pod_spec(render({"securityContext": {"runAsUser": 65534}}))
+    assert spec["securityContext"]["runAsUser"] == 65534
+    assert spec["securityContext"]["fsGroup"] == 1000
+    container = agent_container(pod_spec(render({"securityContext": {"privileged": True}})))
+    assert container["securityContext"]["privileged"] is True
+    assert container["securityContext"]["capabilities"]["add"] == HIGH_CAPABILITIES
+
+
+def test_the_kepler_chart_keys_that_mean_something_here() -> None:
+    digest = "sha256:" + "ab" * 32
+    values = {
+        "image": {"repository": "registry.example/otel-kepler", "tag": "0.1.0", "digest": digest},
+        "extraEnvVars": {"KEPLER_LOG_LEVEL": "1", "ENABLE_GPU": True, "WORKERS": 4},
+        "service": {"port": 28282},
+        "serviceMonitor": {
+            "enabled": True,
+            "attachMetadata": {"node": True},
+            "annotations": {"team": "energy"},
+        },
+        "annotations": {"owner": "platform"},
+        "labels": {"cost-center": "42"},
+        "hostPaths": {"usrSrc": ""},
+    }
+    objects = render(values)
+    daemonset = one(objects, "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    container = agent_container(spec)
+    assert container["image"] == f"registry.example/otel-kepler@{digest}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["KEPLER_LOG_LEVEL"], env["ENABLE_GPU"], env["WORKERS"]) == ("1", "true", "4")
+    # service.port moves the agent's listener, the container port and the Service together.
+    assert container["ports"][0]["containerPort"] == 28282
+    assert agent_config(objects)[1]["exporters"]["prometheus"] == {"endpoint": "0.0.0.0:28282"}
+    assert one(objects, "Service")["spec"]["ports"][0]["port"] == 28282
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["spec"]["attachMetadata"] == {"node": True}
+    assert monitor["metadata"]["annotations"] == {"team": "energy"}
+    assert daemonset["metadata"]["annotations"] == {"owner": "platform"}
+    assert all(o["metadata"]["labels"]["cost-center"] == "42" for o in objects)
+    # No /usr/src from the host (GKE has none): bcc then uses the kernel's kheaders.
+    assert "/usr/src" not in host_paths(spec, container)
+    assert "/lib/modules" in host_paths(spec, container)
+    for obj in objects:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
+def test_redfish_password_becomes_a_secret_mounted_as_a_file() -> None:
+    objects = render(VALUE_SETS["low-redfish-password"])
+    secret = one(objects, "Secret", f"{FULLNAME}-redfish")
+    assert secret["type"] == "Opaque"
+    assert secret["data"] == {"password": base64.b64encode(b"hunter2").decode()}
+    text, config = agent_config(objects)
+    assert "hunter2" not in text and "aHVudGVyMg" not in text
+    assert config["receivers"]["redfish"] == {
+        "endpoint": "https://${env:NODE_NAME}-bmc.example.net",
+        "username": "monitor",
+        "password_file": "/etc/otel-kepler/secrets/redfish/password",
+        "ca_file": "/etc/otel-kepler/tls/redfish/ca.crt",
+        "insecure_skip_verify": False,
+        "auth": "auto",
+        "timeout": "5s",
+        "poll_interval": "10s",
+    }
+    assert config["service"]["pipelines"]["metrics"]["receivers"] == [
+        "estimator",
+        "procfs",
+        "redfish",
+    ]
+    spec = pod_spec(objects)
+    secrets = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    assert secrets == {
+        "otel-kepler-redfish": {
+            "secretName": f"{FULLNAME}-redfish",
+            "items": [{"key": "password", "path": "password"}],
+            "defaultMode": 0o440,
+        },
+        "otel-kepler-redfish-tls": {
+            "secretName": "bmc-ca",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+            "defaultMode": 0o440,
+        },
+    }
+    assert {
+        m["mountPath"] for m in agent_container(spec)["volumeMounts"] if m["name"] in secrets
+    } == {
+        "/etc/otel-kepler/secrets/redfish",
+        "/etc/otel-kepler/tls/redfish",
+    }
+    # The pod's fsGroup owns the mounted files (0440): the non-root agent reads them.
+    assert spec["securityContext"]["fsGroup"] == 1000
+    # A Secret of the user's: nothing created, its key mounted; the chart's name and labels.
+    objects = render(VALUE_SETS["high-redfish-secret"])
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    redfish = agent_config(objects)[1]["receivers"]["redfish"]
+    assert redfish["password_file"] == "/etc/otel-kepler/secrets/redfish/redfish-password"
+    assert (redfish["auth"], redfish["poll_interval"], redfish["insecure_skip_verify"]) == (
+        "session",
+        "30s",
+        True,
+    )
+    assert "ca_file" not in redfish
+    named: dict[str, Any] = {**VALUE_SETS["low-redfish-password"]["redfish"], "name": "bmc-login"}
+    named["labels"] = {"backup": "no"}
+    secret = one(render({"redfish": named}), "Secret")
+    assert (secret["metadata"]["name"], secret["metadata"]["labels"]["backup"]) == (
+        "bmc-login",
+        "no",
     )

@@ -1,14 +1,17 @@
 {{/*
-The agent's config file (config.yaml of the ConfigMap): .Values.config verbatim when set, else
-the mode's defaults merged with .Values.configOverrides. Reads only .Release and .Values.
+The agent's config file (config.yaml of the ConfigMap): .Values.config verbatim when it is text
+(--set-file config=pipeline.yaml), else the defaults built from the values with .Values.config
+deep-merged over them (maps merge, lists and scalars replace). Reads only .Release and .Values.
 */}}
 {{- define "otel-kepler.config" -}}
 {{- if kindIs "string" .Values.config -}}
 {{- .Values.config -}}
-{{- else if .Values.config -}}
-{{- toYaml .Values.config -}}
 {{- else -}}
-{{- toYaml (mergeOverwrite (include "otel-kepler.defaultConfig" . | fromYaml) (deepCopy .Values.configOverrides)) -}}
+{{- include "otel-kepler.checkConfig" . -}}
+{{- if ne .Values.mode "sidecar" -}}
+# {{ include "otel-kepler.privilegeNote" . }}
+{{ end -}}
+{{- toYaml (mergeOverwrite (include "otel-kepler.defaultConfig" . | fromYaml) (deepCopy (.Values.config | default dict))) -}}
 {{- end -}}
 {{- end -}}
 
@@ -33,7 +36,7 @@ the mode's defaults merged with .Values.configOverrides. Reads only .Release and
 {{- else -}}
 {{- $_ := set $host "procfs" "/host/proc" -}}
 {{- $_ := set $host "sysfs" "/host/sys" -}}
-{{- if eq $v.privilege "high" -}}
+{{- if eq (include "otel-kepler.privilege" .) "high" -}}
 {{- $_ := set $receivers "rapl" (dict "fallback" "estimator") -}}
 {{- $_ := set $receivers "ebpf" (dict "fallback" "procfs") -}}
 {{- $rlist = list "rapl" "ebpf" -}}
@@ -60,6 +63,20 @@ the mode's defaults merged with .Values.configOverrides. Reads only .Release and
 {{- if $v.gpu.enabled -}}
 {{- $_ := set $receivers "nvml" (mergeOverwrite (dict "required" false) (deepCopy $v.gpu.settings)) -}}
 {{- $rlist = append $rlist "nvml" -}}
+{{- end -}}
+{{- if $v.redfish.enabled -}}
+{{- $redfish := dict "endpoint" $v.redfish.endpoint "auth" $v.redfish.auth "timeout" $v.redfish.timeout "poll_interval" $v.redfish.pollInterval "insecure_skip_verify" $v.redfish.insecureSkipVerify -}}
+{{- if $v.redfish.username -}}
+{{- $_ := set $redfish "username" $v.redfish.username -}}
+{{- end -}}
+{{- with include "otel-kepler.redfishPasswordSecret" . | fromJson -}}
+{{- $_ := set $redfish "password_file" (printf "%s/redfish/%s" $secrets .key) -}}
+{{- end -}}
+{{- if $v.redfish.caFile -}}
+{{- $_ := set $redfish "ca_file" (include "otel-kepler.tlsPath" (dict "file" $v.redfish.caFile "dir" (include "otel-kepler.redfishTlsDir" .))) -}}
+{{- end -}}
+{{- $_ := set $receivers "redfish" (mergeOverwrite $redfish (deepCopy $v.redfish.settings)) -}}
+{{- $rlist = append $rlist "redfish" -}}
 {{- end -}}
 {{- range $name, $settings := $v.extraReceivers -}}
 {{- $_ := set $receivers $name (default (dict) $settings) -}}
@@ -104,14 +121,14 @@ the mode's defaults merged with .Values.configOverrides. Reads only .Release and
 {{- end -}}
 
 {{- /* exporters: the pull endpoint (probes, Prometheus), then OTLP */ -}}
-{{- $_ := set $exporters "prometheus" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.port))) -}}
+{{- $_ := set $exporters "prometheus" (dict "endpoint" (printf "0.0.0.0:%s" (include "otel-kepler.port" .))) -}}
 {{- $elist = append $elist "prometheus" -}}
 {{- if $v.otlp.enabled -}}
 {{- $otlp := dict "endpoint" $v.otlp.endpoint "compression" $v.otlp.compression "timeout" $v.otlp.timeout -}}
 {{- if $v.otlp.headers -}}
 {{- $headers := dict -}}
 {{- range $name, $ref := $v.otlp.headers -}}
-{{- $_ := set $headers $name (printf "${env:%s}" (include "otel-kepler.headerEnv" $name)) -}}
+{{- $_ := set $headers (ternary (lower $name) $name (eq $v.otlp.protocol "grpc")) (printf "${env:%s}" (include "otel-kepler.headerEnv" $name)) -}}
 {{- end -}}
 {{- $_ := set $otlp "headers" $headers -}}
 {{- end -}}

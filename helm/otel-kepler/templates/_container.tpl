@@ -53,6 +53,14 @@ and, to restart its pods when the config changes, this pod annotation:
 - name: NVIDIA_DRIVER_CAPABILITIES
   value: utility
 {{- end }}
+{{- if ne $v.mode "sidecar" }}
+- name: OTEL_KEPLER_PRIVILEGE_NOTE
+  value: {{ include "otel-kepler.privilegeNote" . | quote }}
+{{- end }}
+{{- range $name, $value := $v.extraEnvVars }}
+- name: {{ $name | quote }}
+  value: {{ $value | toString | quote }}
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -65,11 +73,16 @@ and, to restart its pods when the config changes, this pod annotation:
 - name: otel-kepler
   image: {{ include "otel-kepler.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if $daemonset }}
+  # The first line of the log says which privilege the agent has, why, and what it runs.
+  command: [/bin/sh, -c, 'echo "$OTEL_KEPLER_PRIVILEGE_NOTE" >&2; exec otel-kepler "$@"', otel-kepler]
+  {{- else }}
   command: [otel-kepler]
+  {{- end }}
   args: [run, --config, {{ include "otel-kepler.configDir" . }}/config.yaml]
   ports:
     - name: kepler-metrics
-      containerPort: {{ $v.port }}
+      containerPort: {{ include "otel-kepler.port" . }}
       protocol: TCP
   env:
     {{- include "otel-kepler.env" . | nindent 4 }}
@@ -105,6 +118,16 @@ and, to restart its pods when the config changes, this pod annotation:
       mountPath: {{ $secrets }}/ipmi
       readOnly: true
     {{- end }}
+    {{- if include "otel-kepler.redfishPasswordSecret" . | fromJson }}
+    - name: otel-kepler-redfish
+      mountPath: {{ $secrets }}/redfish
+      readOnly: true
+    {{- end }}
+    {{- if include "otel-kepler.redfishCaKey" . }}
+    - name: otel-kepler-redfish-tls
+      mountPath: {{ include "otel-kepler.redfishTlsDir" . }}
+      readOnly: true
+    {{- end }}
     {{- if and $v.carbon.enabled $v.carbon.electricityMapsToken.secretName }}
     - name: otel-kepler-electricitymaps
       mountPath: {{ $secrets }}/electricitymaps
@@ -122,16 +145,18 @@ and, to restart its pods when the config changes, this pod annotation:
     - name: host-sys
       mountPath: /host/sys
       readOnly: true
-    {{- if eq $v.privilege "high" }}
+    {{- if eq (include "otel-kepler.privilege" .) "high" }}
     - name: host-debugfs
       mountPath: /sys/kernel/debug
       readOnly: true
     - name: host-modules
       mountPath: /lib/modules
       readOnly: true
+    {{- if $v.hostPaths.usrSrc }}
     - name: host-usr-src
       mountPath: /usr/src
       readOnly: true
+    {{- end }}
     {{- end }}
     {{- if include "otel-kepler.ipmiInBand" . }}
     - name: host-ipmi
@@ -186,6 +211,12 @@ and, to restart its pods when the config changes, this pod annotation:
 {{- if and $v.ipmi.enabled $v.ipmi.passwordSecret.secretName }}
 {{ include "otel-kepler.secretVolume" (dict "name" "otel-kepler-ipmi" "ref" $v.ipmi.passwordSecret) }}
 {{- end }}
+{{- with include "otel-kepler.redfishPasswordSecret" . | fromJson }}
+{{ include "otel-kepler.secretVolume" (dict "name" "otel-kepler-redfish" "ref" .) }}
+{{- end }}
+{{- with include "otel-kepler.redfishCaKey" . }}
+{{ include "otel-kepler.secretVolume" (dict "name" "otel-kepler-redfish-tls" "ref" (dict "secretName" $v.redfish.caSecretName "key" .)) }}
+{{- end }}
 {{- if and $v.carbon.enabled $v.carbon.electricityMapsToken.secretName }}
 {{ include "otel-kepler.secretVolume" (dict "name" "otel-kepler-electricitymaps" "ref" $v.carbon.electricityMapsToken) }}
 {{- end }}
@@ -197,13 +228,15 @@ and, to restart its pods when the config changes, this pod annotation:
   hostPath: {path: {{ $v.hostPaths.proc | quote }}, type: Directory}
 - name: host-sys
   hostPath: {path: {{ $v.hostPaths.sys | quote }}, type: Directory}
-{{- if eq $v.privilege "high" }}
+{{- if eq (include "otel-kepler.privilege" .) "high" }}
 - name: host-debugfs
   hostPath: {path: {{ $v.hostPaths.debugfs | quote }}, type: Directory}
 - name: host-modules
   hostPath: {path: {{ $v.hostPaths.modules | quote }}, type: Directory}
+{{- if $v.hostPaths.usrSrc }}
 - name: host-usr-src
   hostPath: {path: {{ $v.hostPaths.usrSrc | quote }}, type: Directory}
+{{- end }}
 {{- end }}
 {{- if include "otel-kepler.ipmiInBand" . }}
 - name: host-ipmi

@@ -31,6 +31,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: otel-kepler
+{{- with .Values.labels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "otel-kepler.serviceAccountName" -}}
@@ -41,8 +44,19 @@ app.kubernetes.io/part-of: otel-kepler
 {{- end -}}
 {{- end -}}
 
+{{/* repository:tag, or repository@digest when image.digest is set (the tag is then only a label). */}}
 {{- define "otel-kepler.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The metrics port: service.port (Kepler's key) when set, else port. The agent listens on it
+and the Service exposes it. */}}
+{{- define "otel-kepler.port" -}}
+{{- int (.Values.service.port | default .Values.port) -}}
 {{- end -}}
 
 {{/* Where the agent finds its files in the container. */}}
@@ -69,47 +83,41 @@ app.kubernetes.io/part-of: otel-kepler
 {{- if and .Values.ipmi.enabled (not .Values.ipmi.endpoint) (ne .Values.mode "sidecar") -}}true{{- end -}}
 {{- end -}}
 
-{{- define "otel-kepler.hostPID" -}}
-{{- if kindIs "bool" .Values.hostPID -}}
-{{- .Values.hostPID -}}
-{{- else -}}
-{{- eq .Values.privilege "high" -}}
-{{- end -}}
-{{- end -}}
-
-{{/* The pod's securityContext in a DaemonSet: the privilege's, merged with .Values.podSecurityContext. */}}
-{{- define "otel-kepler.podSecurityContext" -}}
-{{- $sc := dict -}}
-{{- if eq .Values.privilege "high" -}}
-{{- $sc = dict "runAsUser" 0 "runAsGroup" 0 "fsGroup" 0 -}}
-{{- else -}}
-{{- $sc = dict "runAsUser" 1000 "runAsGroup" 1000 "fsGroup" 1000 "runAsNonRoot" true "seccompProfile" (dict "type" "RuntimeDefault") -}}
-{{- end -}}
-{{- toYaml (mergeOverwrite $sc (deepCopy .Values.podSecurityContext)) -}}
-{{- end -}}
-
-{{/* The agent container's securityContext, per privilege (a sidecar: low, without fsGroup). */}}
-{{- define "otel-kepler.securityContext" -}}
-{{- $sc := dict -}}
-{{- if and (ne .Values.mode "sidecar") (eq .Values.privilege "high") -}}
-{{- $caps := dict "drop" (list "ALL") "add" (list "BPF" "SYS_ADMIN" "NET_ADMIN") -}}
-{{- $sc = dict "runAsUser" 0 "runAsGroup" 0 "runAsNonRoot" false "privileged" false "readOnlyRootFilesystem" true "capabilities" $caps -}}
-{{- if include "otel-kepler.ipmiInBand" . -}}
-{{- $_ := set $sc "privileged" true -}}
-{{- end -}}
-{{- else -}}
-{{- $caps := dict "drop" (list "ALL") -}}
-{{- $sc = dict "runAsUser" 1000 "runAsGroup" 1000 "runAsNonRoot" true "privileged" false "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "capabilities" $caps "seccompProfile" (dict "type" "RuntimeDefault") -}}
-{{- end -}}
-{{- toYaml (mergeOverwrite $sc (deepCopy .Values.securityContext)) -}}
-{{- end -}}
-
 {{- define "otel-kepler.resources" -}}
 {{- if eq .Values.mode "sidecar" -}}
 {{- toYaml .Values.sidecar.resources -}}
 {{- else if .Values.resources -}}
 {{- toYaml .Values.resources -}}
 {{- else -}}
-{{- toYaml (get .Values.defaultResources .Values.privilege) -}}
+{{- toYaml (get .Values.defaultResources (include "otel-kepler.privilege" .)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Redfish password's Secret as JSON {secretName, key}: the user's, or the one the chart
+creates from redfish.password; {} when there is none. */}}
+{{- define "otel-kepler.redfishPasswordSecret" -}}
+{{- $r := .Values.redfish -}}
+{{- if not $r.enabled -}}
+{{- toJson dict -}}
+{{- else if $r.password -}}
+{{- toJson (dict "secretName" (include "otel-kepler.redfishSecretName" .) "key" "password") -}}
+{{- else if $r.passwordSecret.secretName -}}
+{{- toJson (dict "secretName" $r.passwordSecret.secretName "key" $r.passwordSecret.key) -}}
+{{- else -}}
+{{- toJson dict -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "otel-kepler.redfishSecretName" -}}
+{{- .Values.redfish.name | default (printf "%s-redfish" (include "otel-kepler.fullname" .)) -}}
+{{- end -}}
+
+{{- define "otel-kepler.redfishTlsDir" -}}/etc/otel-kepler/tls/redfish{{- end -}}
+
+{{/* The key of redfish.caSecretName the config names, or "" (caFile is a path in the image). */}}
+{{- define "otel-kepler.redfishCaKey" -}}
+{{- $r := .Values.redfish -}}
+{{- if and $r.enabled $r.caSecretName $r.caFile (not (hasPrefix "/" $r.caFile)) -}}
+{{- $r.caFile -}}
 {{- end -}}
 {{- end -}}
