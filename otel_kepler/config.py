@@ -11,8 +11,8 @@
       pipelines:
         metrics: {receivers: [rapl, procfs], processors: [attribution], exporters: [otlphttp]}
 
-Component ids are ``type`` or ``type/name``. ``${env:VAR}`` and
-``${env:VAR:-default}`` are substituted in string values (``$$`` is a literal
+Component ids are ``type`` or ``type/name``. ``${env:VAR}``, ``${env:VAR:-default}`` and
+``${file:path}`` are substituted in string values (``$$`` is a literal
 ``$``). Every problem is a :class:`ConfigError` that names its path, raised
 before anything starts.
 """
