@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import MetricsData, NumberDataPoint
 
 from otel_kepler.component import Exporter, Factory, HostSettings
 from otel_kepler.schema import ConfigError
+from otel_kepler.snapshot import Snapshot
 
 
 @dataclass
@@ -63,7 +64,8 @@ class DebugExporter(Exporter):
         self.config = config
         self.stream = stream or sys.stdout
 
-    def export(self, data: MetricsData, pipeline: str) -> None:
+    def export(self, snapshot: Snapshot, pipeline: str, timeout: float | None = None) -> None:
+        data = snapshot.to_metrics_data()
         if self.config.verbosity == "detailed":
             self.stream.write(data.to_json(indent=None) + "\n")
         else:

@@ -1,34 +1,48 @@
 """``prometheus`` exporter: serves the latest tick for scraping, with Kepler's metric names.
 
 Names come from :func:`otel_kepler.metrics.prometheus_name`, the same
-translation a backend applies to OTLP, so both paths agree. The exposition
-format is written by prometheus_client. A workload that ended
-(``state=terminated``) stays in the output until one scrape has carried it,
-even if newer ticks no longer contain it.
+translation a backend applies to OTLP, so both paths agree.
 
-Also serves ``/healthz`` (the process is up) and ``/readyz`` (a tick has been
-received), for Kubernetes probes.
+* **Rendered on scrape, at most once per tick.** A tick only hands over its
+  snapshot (no work on the tick's thread); the first scrape after it renders
+  the text exposition, which every later scrape of the same tick is served
+  from (gzip-compressed once too, when asked for). A series' label string is
+  built once and kept as long as its labels hold.
+* **Ended workloads** stay in the output for the converter's
+  ``terminated_retention``, so every scraper of an HA pair sees them.
+* **Serving never slows measuring.** Connections wait in a selector (an idle
+  connection costs no thread and is closed after ``idle_timeout``); a request
+  that has arrived is answered by one of ``max_workers`` threads, each with a
+  ``request_timeout`` deadline on reading the request and writing the answer.
+
+Also serves ``/healthz`` (the process is up) and ``/readyz`` (a tick with node
+energy has been exported), for Kubernetes probes.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
+import selectors
+import socket
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
+from http.server import BaseHTTPRequestHandler
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from opentelemetry.sdk.metrics.export import MetricsData, Sum
-from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.metrics_core import Metric as PromMetric
+from prometheus_client.utils import floatToGoString
 
 from otel_kepler.component import ComponentError, Exporter, Factory, HostSettings
-from otel_kepler.metrics import prometheus_name
-from otel_kepler.schema import ConfigError
+from otel_kepler.metrics import MetricDesc
+from otel_kepler.schema import ConfigError, Duration
+from otel_kepler.snapshot import Labels, Snapshot
 
 log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass
@@ -38,55 +52,46 @@ class PrometheusConfig:
     endpoint: str = field(
         default="127.0.0.1:9102", metadata={"doc": "host:port to listen on; path /metrics"}
     )
+    max_workers: int = field(
+        default=4, metadata={"doc": "threads answering requests (connections wait without one)"}
+    )
+    max_connections: int = field(
+        default=1024, metadata={"doc": "open connections at most; more are closed at once"}
+    )
+    request_timeout: Duration = field(
+        default=Duration(10.0), metadata={"doc": "deadline to read a request and send the answer"}
+    )
+    idle_timeout: Duration = field(
+        default=Duration(30.0), metadata={"doc": "a connection that sends nothing is closed"}
+    )
 
     def validate(self) -> None:
         split_endpoint(self.endpoint)
+        if self.max_workers < 1:
+            raise ConfigError("max_workers", "must be at least 1")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections", "must be at least 1")
+        for name in ("request_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be more than 0")
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
     host, sep, port = endpoint.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("endpoint", f'expected "host:port", got {endpoint!r}')
-    return host.strip("[]") or "0.0.0.0", int(port)
+    host = host.strip("[]")
+    if any(c in host for c in "/?#@ "):
+        raise ConfigError("endpoint", f"invalid host in {endpoint!r}")
+    return host or "0.0.0.0", int(port)
 
 
-# One rendered sample: (prometheus family name, kind, help, sample name, labels, value)
-_Sample = tuple[str, str, str, str, dict[str, str], float]
-
-
-class _Snapshot:
-    """The samples to serve: the latest tick of each pipeline plus unscraped terminated ones."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.latest: dict[str, list[_Sample]] = {}
-        self.terminated: dict[tuple[str, frozenset[tuple[str, str]]], _Sample] = {}
-
-    def update(self, pipeline: str, samples: list[_Sample]) -> None:
-        with self.lock:
-            self.latest[pipeline] = samples
-            for s in samples:
-                if s[4].get("state") == "terminated":
-                    self.terminated[_key(s)] = s
-
-    def take(self) -> list[_Sample]:
-        """All samples for one scrape; terminated ones are released once served."""
-        with self.lock:
-            out = [s for samples in self.latest.values() for s in samples]
-            current = {_key(s) for s in out if s[4].get("state") == "terminated"}
-            out.extend(s for key, s in self.terminated.items() if key not in current)
-            self.terminated.clear()
-            return out
-
-
-def _key(sample: _Sample) -> tuple[str, frozenset[tuple[str, str]]]:
-    return sample[3], frozenset(sample[4].items())
-
+# -- rendering ------------------------------------------------------------------------
 
 _LABEL_NAMES: dict[str, str] = {}
 
 
-def _label(key: str) -> str:
+def label_name(key: str) -> str:
     """An attribute key as a Prometheus label name: ``hw.id`` -> ``hw_id``, as backends do."""
     name = _LABEL_NAMES.get(key)
     if name is None:
@@ -97,108 +102,294 @@ def _label(key: str) -> str:
     return name
 
 
-def render(data: MetricsData) -> list[_Sample]:
-    """OpenTelemetry metrics -> Prometheus samples with translated names."""
-    samples: list[_Sample] = []
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                monotonic = isinstance(metric.data, Sum) and metric.data.is_monotonic
-                family = prometheus_name(metric.name, metric.unit or "", monotonic)
-                kind = "counter" if monotonic else "gauge"
-                sample_name = family
-                if monotonic:
-                    family = family.removesuffix("_total")
-                help_text = metric.description or metric.name
-                for p in metric.data.data_points:
-                    labels = {_label(k): str(v) for k, v in (p.attributes or {}).items()}
-                    value = float(p.value)  # type: ignore[union-attr]
-                    samples.append((family, kind, help_text, sample_name, labels, value))
-    return samples
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-class _Collector:
-    """A prometheus_client collector over the snapshot."""
-
-    def __init__(self, snapshot: _Snapshot) -> None:
-        self.snapshot = snapshot
-
-    def collect(self) -> Iterator[PromMetric]:
-        families: dict[str, PromMetric] = {}
-        for family, kind, help_text, sample_name, labels, value in self.snapshot.take():
-            metric = families.get(family)
-            if metric is None:
-                metric = families[family] = PromMetric(family, help_text, kind)
-            metric.add_sample(sample_name, labels, value)
-        yield from families.values()
+def label_string(labels: Labels) -> str:
+    """``{a="1",b="2"}`` for these labels, built once per Labels object."""
+    text = labels.prometheus
+    if text is None:
+        inner = ",".join(f'{label_name(k)}="{_escape(v)}"' for k, v in labels.items)
+        text = labels.prometheus = "{" + inner + "}" if inner else ""
+    return text
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+def _value(value: float) -> str:
+    """A sample value as Prometheus writes it (Go's float formatting, +Inf, NaN)."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
 
 
-class _QuietHandler(WSGIRequestHandler):
+@dataclass(slots=True)
+class _Family:
+    header: str
+    name: str  # sample name
+    lines: list[str]
+
+
+_HEADERS: dict[MetricDesc, tuple[str, str]] = {}
+
+
+def _family_of(desc: MetricDesc) -> tuple[str, str]:
+    """(HELP/TYPE header, sample name) of a metric, cached per descriptor."""
+    cached = _HEADERS.get(desc)
+    if cached is None:
+        name = desc.prometheus_name
+        kind = "counter" if desc.kind == "sum" else "gauge"
+        help_text = (desc.description or desc.name).replace("\\", r"\\").replace("\n", r"\n")
+        cached = (f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n", name)
+        if len(_HEADERS) < 10_000:
+            _HEADERS[desc] = cached
+    return cached
+
+
+def render(snapshots: list[Snapshot]) -> bytes:
+    """The text exposition (format 0.0.4) of these snapshots, families grouped."""
+    families: dict[MetricDesc, _Family] = {}
+    for snapshot in snapshots:
+        for block in snapshot.blocks:
+            for series, value in zip(block.shape.series, block.values, strict=True):
+                desc = series.desc
+                family = families.get(desc)
+                if family is None:
+                    header, name = _family_of(desc)
+                    family = families[desc] = _Family(header, name, [])
+                family.lines.append(f"{family.name}{label_string(series.labels)} {_value(value)}\n")
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for family in families.values():
+        out.append(family.header)
+        if len(snapshots) > 1:  # the same series from two pipelines: serve it once
+            for line in family.lines:
+                key = (family.name, line.rpartition(" ")[0])
+                if key not in seen:
+                    seen.add(key)
+                    out.append(line)
+        else:
+            out.extend(family.lines)
+    return "".join(out).encode()
+
+
+class _Rendered:
+    """The exposition of one generation of snapshots, plain and gzipped, made on demand."""
+
+    def __init__(self, snapshots: list[Snapshot]) -> None:
+        self.snapshots = snapshots
+        self.lock = threading.Lock()
+        self.plain: bytes | None = None
+        self.gzipped: bytes | None = None
+
+    def body(self, want_gzip: bool) -> bytes:
+        with self.lock:
+            if self.plain is None:
+                self.plain = render(self.snapshots)
+            if not want_gzip:
+                return self.plain
+            if self.gzipped is None:
+                self.gzipped = gzip.compress(self.plain, compresslevel=6)
+            return self.gzipped
+
+
+# -- serving --------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "otel-kepler"
+    protocol_version = "HTTP/1.0"  # one request a connection: a worker is never held idle
+    exporter: PrometheusExporter  # set on the subclass made per exporter
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            want_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "")
+            body = self.exporter.body(want_gzip)
+            self._send(200, body, CONTENT_TYPE, "gzip" if want_gzip else None)
+        elif path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            if self.exporter.ready.is_set():
+                self._send(200, b"ready\n")
+            else:
+                self._send(503, b"no node energy exported yet\n")
+        else:
+            self._send(404, b"see /metrics\n")
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        encoding: str | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("prometheus endpoint: " + format, *args)
 
 
+class _Server:
+    """Accepts connections, waits for their requests in a selector, answers from a pool."""
+
+    def __init__(self, exporter: PrometheusExporter, config: PrometheusConfig) -> None:
+        self.exporter = exporter
+        self.config = config
+        host, port = split_endpoint(config.endpoint)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=128)
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()
+        self.handler = type("Handler", (_Handler,), {"exporter": exporter})
+        self.pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="prometheus")
+        self.selector = selectors.DefaultSelector()
+        self.waiting: dict[socket.socket, float] = {}  # connection -> when it was accepted
+        self.in_pool = 0
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self.thread = threading.Thread(target=self._loop, name="prometheus accept", daemon=True)
+
+    def start(self) -> None:
+        self.selector.register(self.sock, selectors.EVENT_READ, "listen")
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        idle = float(self.config.idle_timeout)
+        while not self._stop.is_set():
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "wake":
+                    return
+                else:
+                    conn = key.fileobj
+                    assert isinstance(conn, socket.socket)
+                    self.selector.unregister(conn)
+                    self.waiting.pop(conn, None)
+                    with self.lock:
+                        self.in_pool += 1
+                    self.pool.submit(self._answer, conn)
+            now = time.monotonic()
+            for conn, since in list(self.waiting.items()):
+                if now - since > idle:
+                    self._drop(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.debug("prometheus endpoint: accept failed: %s", err)
+                return
+            with self.lock:
+                busy = self.in_pool
+            if len(self.waiting) + busy >= self.config.max_connections:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.waiting[conn] = time.monotonic()
+            self.selector.register(conn, selectors.EVENT_READ, "conn")
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.waiting.pop(conn, None)
+        try:
+            self.selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(float(self.config.request_timeout))
+            self.handler(conn, conn.getpeername(), self)
+        except Exception as err:  # a client that went away, a timeout: costs only itself
+            log.debug("prometheus endpoint: request failed: %s", err)
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            with self.lock:
+                self.in_pool -= 1
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self.thread.join(timeout=2.0)
+        for conn in list(self.waiting):
+            self._drop(conn)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.selector.close()
+        self.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
 class PrometheusExporter(Exporter):
-    queued = False  # export() only swaps a snapshot
+    queued = False  # export() only swaps a reference
 
     def __init__(self, name: str, config: PrometheusConfig) -> None:
         self.name = name
+        self.config = config
         self.host, self.port = split_endpoint(config.endpoint)
-        self.snapshot = _Snapshot()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self.snapshot))
-        self._metrics_app = make_wsgi_app(self.registry)
-        self._ready = threading.Event()
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.cpu_seconds = 0.0  # spent rendering, on the serving threads
+        self.renders = 0
+        self._latest: dict[str, Snapshot] = {}
+        self._rendered: _Rendered | None = None
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
 
     def start(self) -> None:
         try:
-            self._server = make_server(
-                self.host, self.port, self._app, _ThreadingWSGIServer, handler_class=_QuietHandler
-            )
+            self._server = _Server(self, self.config)
         except OSError as err:
-            raise ComponentError(
-                f"cannot listen on {self.host}:{self.port}: {err.strerror}"
-            ) from None
-        self.port = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"prometheus {self.name}", daemon=True
-        )
-        self._thread.start()
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise ComponentError(f"cannot listen on {self.host}:{self.port}: {reason}") from None
+        self.port = self._server.address[1]
+        self._server.start()
         log.info(
             "prometheus exporter %s: serving http://%s:%d/metrics", self.name, self.host, self.port
         )
 
-    def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        if path == "/healthz":
-            return _text(start_response, "200 OK", "ok\n")
-        if path == "/readyz":
-            if self._ready.is_set():
-                return _text(start_response, "200 OK", "ready\n")
-            return _text(start_response, "503 Service Unavailable", "no tick yet\n")
-        return _text(start_response, "404 Not Found", "see /metrics\n")
+    def export(self, data: Snapshot, pipeline: str, timeout: float | None = None) -> None:
+        with self._lock:
+            self._latest[pipeline] = data
+            self._rendered = None
+        if data.has_energy:
+            self.ready.set()
 
-    def export(self, data: MetricsData, pipeline: str) -> None:
-        self.snapshot.update(pipeline, render(data))
-        self._ready.set()
+    def body(self, want_gzip: bool) -> bytes:
+        with self._lock:
+            rendered = self._rendered
+            if rendered is None:
+                rendered = self._rendered = _Rendered(list(self._latest.values()))
+        cpu = time.thread_time()
+        fresh = rendered.plain is None
+        body = rendered.body(want_gzip)
+        spent = time.thread_time() - cpu
+        with self._lock:
+            self.cpu_seconds += spent
+            self.renders += fresh
+        return body
 
     def shutdown(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
-
-
-def _text(start_response: Any, status: str, body: str) -> list[bytes]:
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-    return [body.encode()]
+            self._server = None
 
 
 def _create(name: str, config: PrometheusConfig, host: HostSettings) -> PrometheusExporter:

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from opentelemetry.sdk.metrics.export import MetricsData
-
 from otel_kepler.data import Batch, Contribution
+from otel_kepler.snapshot import Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +37,30 @@ class Availability:
 
 class ComponentError(Exception):
     """A component could not start or collect; the message names what and where."""
+
+
+class ExportError(Exception):
+    """An export that did not deliver, with what the backend said about trying again.
+
+    ``retryable``: the same data may succeed later (network error, 429, 5xx,
+    UNAVAILABLE...). ``retry_after``: seconds the backend asked to wait
+    (Retry-After, gRPC RetryInfo). ``too_large``: the backend refused the size
+    (HTTP 413, gRPC RESOURCE_EXHAUSTED without RetryInfo on a big request):
+    the batch is split and sent in halves.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        too_large: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.too_large = too_large
 
 
 class Receiver(ABC):
@@ -77,8 +100,23 @@ class Exporter(ABC):
         pass
 
     @abstractmethod
-    def export(self, data: MetricsData, pipeline: str) -> None:
-        """Deliver one tick's metrics of one pipeline. May block; raise on failure."""
+    def export(self, data: Snapshot, pipeline: str, timeout: float | None = None) -> None:
+        """Deliver one tick's metrics of one pipeline. May block, at most ``timeout`` s if given.
+
+        Raise :class:`ExportError` to say whether trying again can help; any
+        other exception counts as a permanent failure of that batch.
+        """
+
+    def split(self, data: Snapshot) -> list[Snapshot] | None:
+        """The batch in two halves, for a backend that refused its size; None if it cannot."""
+        blocks = data.blocks
+        if len(blocks) < 2:
+            return None
+        half = len(blocks) // 2
+        return [
+            Snapshot(data.timestamp_ns, blocks[:half], data.has_energy),
+            Snapshot(data.timestamp_ns, blocks[half:], data.has_energy),
+        ]
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -91,26 +91,41 @@ NODE_CPU_ACTIVE = _sum(
 )
 NODE_CPU_IDLE = _sum("kepler.node.cpu.idle.joules", "J", "CPU energy not attributed to work")
 NODE_CPU_USAGE = _gauge("kepler.node.cpu.usage.ratio", "1", "Busy share of the node's CPU time")
+NODE_CPU_ACTIVE_WATTS = _gauge(
+    "kepler.node.cpu.active.watts", "W", "CPU power attributed to running work"
+)
+NODE_CPU_IDLE_WATTS = _gauge("kepler.node.cpu.idle.watts", "W", "CPU power not attributed to work")
+NODE_CPU_INFO = _gauge(
+    "kepler.node.cpu.info", "", "One series per logical CPU with its processor labels"
+)
+NODE_GPU_ACTIVE = _sum("kepler.node.gpu.active.joules", "J", "GPU energy attributed to work")
+NODE_GPU_IDLE = _sum("kepler.node.gpu.idle.joules", "J", "GPU energy not attributed to work")
+NODE_GPU_ACTIVE_WATTS = _gauge("kepler.node.gpu.active.watts", "W", "GPU power attributed to work")
+NODE_GPU_IDLE_WATTS = _gauge("kepler.node.gpu.idle.watts", "W", "GPU power not attributed to work")
+NODE_GPU_INFO = _gauge("kepler.node.gpu.info", "", "One series per GPU with its labels")
+BUILD_INFO = _gauge("kepler.build.info", "", "The agent's version and build")
+
+WORKLOAD_LEVELS = ("process", "container", "pod", "vm")
 
 WORKLOAD_JOULES = {
     level: _sum(f"kepler.{level}.cpu.joules", "J", f"CPU energy attributed to the {level}")
-    for level in ("process", "container", "pod")
+    for level in WORKLOAD_LEVELS
 }
 WORKLOAD_WATTS = {
     level: _gauge(f"kepler.{level}.cpu.watts", "W", f"CPU power attributed to the {level}")
-    for level in ("process", "container", "pod")
+    for level in WORKLOAD_LEVELS
 }
 WORKLOAD_GPU_JOULES = {
     level: _sum(f"kepler.{level}.gpu.joules", "J", f"GPU energy attributed to the {level}")
-    for level in ("process", "container", "pod")
+    for level in WORKLOAD_LEVELS
 }
 WORKLOAD_GPU_WATTS = {
     level: _gauge(f"kepler.{level}.gpu.watts", "W", f"GPU power attributed to the {level}")
-    for level in ("process", "container", "pod")
+    for level in WORKLOAD_LEVELS
 }
 CO2 = {
     level: _sum(f"kepler.{level}.co2", "g", f"Emissions (gCO2e) of the {level}'s energy")
-    for level in ("node", "process", "container", "pod")
+    for level in ("node", *WORKLOAD_LEVELS)
 }
 NODE_EMBODIED_CO2 = _sum(
     "kepler.node.embodied.co2", "g", "Embodied emissions (gCO2e) of the node, amortised"
@@ -119,6 +134,11 @@ GRID_INTENSITY = _gauge(
     "kepler.grid.carbon.intensity", "g/kWh", "Grid carbon intensity in use (gCO2e/kWh)"
 )
 PROCESS_CPU_SECONDS = _sum("kepler.process.cpu.seconds", "s", "CPU time of the process")
+WORKLOAD_CPU_SECONDS = {
+    "process": PROCESS_CPU_SECONDS,
+    "container": _sum("kepler.container.cpu.seconds", "s", "CPU time of the container"),
+    "vm": _sum("kepler.vm.cpu.seconds", "s", "CPU time of the virtual machine"),
+}
 
 AGENT_TICK_DURATION = _gauge("otel_kepler.agent.tick.duration", "s", "Wall time the last tick took")
 AGENT_CPU_SECONDS = _sum("otel_kepler.agent.cpu.seconds", "s", "CPU time used by the agent")
@@ -135,7 +155,16 @@ AGENT_RECEIVER_ERRORS = _sum(
 AGENT_REJECTED_READINGS = _sum(
     "otel_kepler.agent.receiver.rejected.readings",
     "1",
-    "Sensor readings dropped as physically impossible (counter jumps, 2^32-1 values)",
+    "Sensor readings rejected (unreadable, not a number, out of range, backwards, impossible)",
+)
+AGENT_EXPORT_CPU = _sum(
+    "otel_kepler.agent.exporter.cpu.seconds", "s", "CPU time an exporter spent encoding and sending"
+)
+AGENT_EXPORT_DURATION = _gauge(
+    "otel_kepler.agent.exporter.duration", "s", "Wall time of an exporter's last export"
+)
+AGENT_SENT_POINTS = _sum(
+    "otel_kepler.agent.exporter.sent.points", "1", "Data points an exporter delivered"
 )
 
 ALL: tuple[MetricDesc, ...] = (
@@ -144,6 +173,15 @@ ALL: tuple[MetricDesc, ...] = (
     NODE_CPU_ACTIVE,
     NODE_CPU_IDLE,
     NODE_CPU_USAGE,
+    NODE_CPU_ACTIVE_WATTS,
+    NODE_CPU_IDLE_WATTS,
+    NODE_CPU_INFO,
+    NODE_GPU_ACTIVE,
+    NODE_GPU_IDLE,
+    NODE_GPU_ACTIVE_WATTS,
+    NODE_GPU_IDLE_WATTS,
+    NODE_GPU_INFO,
+    BUILD_INFO,
     *WORKLOAD_JOULES.values(),
     *WORKLOAD_WATTS.values(),
     *WORKLOAD_GPU_JOULES.values(),
@@ -151,7 +189,7 @@ ALL: tuple[MetricDesc, ...] = (
     *CO2.values(),
     NODE_EMBODIED_CO2,
     GRID_INTENSITY,
-    PROCESS_CPU_SECONDS,
+    *WORKLOAD_CPU_SECONDS.values(),
     AGENT_TICK_DURATION,
     AGENT_CPU_SECONDS,
     AGENT_RSS,
@@ -159,4 +197,7 @@ ALL: tuple[MetricDesc, ...] = (
     AGENT_EXPORT_FAILURES,
     AGENT_RECEIVER_ERRORS,
     AGENT_REJECTED_READINGS,
+    AGENT_EXPORT_CPU,
+    AGENT_EXPORT_DURATION,
+    AGENT_SENT_POINTS,
 )

@@ -14,24 +14,21 @@ import gc
 import logging
 import os
 import resource
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.sdk.resources import Resource
-
-from otel_kepler import __version__
 from otel_kepler.component import ComponentError, Processor, Receiver
 from otel_kepler.config import AgentConfig, ComponentConfig
 from otel_kepler.convert import AgentStats, Converter
 from otel_kepler.data import Batch, Contribution
-from otel_kepler.exporting import ExporterWorker
+from otel_kepler.exporting import ExporterWorker, QueuePolicy, RetryPolicy
+from otel_kepler.resource import node_attributes, node_resource
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_SECONDS = 4.0
+SHUTDOWN_SECONDS = 3.0
 
 
 @dataclass
@@ -40,6 +37,7 @@ class Pipeline:
     receivers: list[str]
     processors: list[tuple[str, Processor]]
     exporters: list[str]
+    converter: Converter | None = None
 
 
 class Service:
@@ -54,7 +52,7 @@ class Service:
             cid: _create("receivers", c, config) for cid, c in config.receivers.items()
         }
         self.workers: dict[str, ExporterWorker] = {
-            cid: ExporterWorker(cid, _create("exporters", c, config), _queue_size(c.config))
+            cid: _worker(cid, _create("exporters", c, config), c.config)
             for cid, c in config.exporters.items()
         }
         self.pipelines = [
@@ -70,11 +68,21 @@ class Service:
             for name, p in config.service.pipelines.items()
         ]
         start_ns = time.time_ns()
-        self.converter = Converter(
-            build_resource(self.host.node_name), start_ns, self.host.node_name
-        )
+        service = config.service
+        self.resource = node_resource(self.host.node_name, getattr(service, "resource", None))
+        retention = float(getattr(service, "terminated_retention", 60.0))
+        for pipeline in self.pipelines:
+            types = {config.processors[pid].type for pid, _ in pipeline.processors}
+            pipeline.converter = Converter(
+                node_attributes(self.resource),
+                start_ns,
+                self.host.node_name,
+                node_totals="attribution" not in types,
+                terminated_retention=retention,
+                procfs=self.host.procfs,
+            )
         self.receiver_errors: dict[str, int] = {cid: 0 for cid in self.receivers}
-        self.rejected_readings: dict[str, int] = {cid: 0 for cid in self.receivers}
+        self.rejected_readings: dict[tuple[str, str], int] = {}
         self._errors_seen: set[tuple[str, str]] = set()
         self._last_tick: float | None = None
         self._last_tick_seconds = 0.0
@@ -165,7 +173,8 @@ class Service:
                     )
                     break
             else:
-                data = self.converter.convert(batch, stats)
+                assert pipeline.converter is not None
+                data = pipeline.converter.convert(batch, stats)
                 for eid in pipeline.exporters:
                     self.workers[eid].submit(data, pipeline.name)
         self._last_tick_seconds = time.monotonic() - began
@@ -173,7 +182,14 @@ class Service:
     def _collect(self, cid: str, receiver: Receiver) -> Contribution | None:
         try:
             part = receiver.collect()
-            self.rejected_readings[cid] += part.rejected
+            rejected = part.rejected
+            if isinstance(rejected, dict):
+                for reason, count in rejected.items():
+                    key = (cid, reason)
+                    self.rejected_readings[key] = self.rejected_readings.get(key, 0) + count
+            elif rejected:
+                key = (cid, "implausible")
+                self.rejected_readings[key] = self.rejected_readings.get(key, 0) + rejected
             return part
         except Exception as err:
             self.receiver_errors[cid] += 1
@@ -194,6 +210,12 @@ class Service:
             rss_bytes=_rss_bytes(),
             dropped={cid: w.dropped for cid, w in self.workers.items()},
             failed={cid: w.failed for cid, w in self.workers.items()},
+            export_cpu={
+                cid: w.cpu_seconds + float(getattr(w.exporter, "cpu_seconds", 0.0))
+                for cid, w in self.workers.items()
+            },
+            export_duration={cid: w.last_duration for cid, w in self.workers.items()},
+            sent_points={cid: w.sent_points for cid, w in self.workers.items()},
             receiver_errors=dict(self.receiver_errors),
             rejected=dict(self.rejected_readings),
         )
@@ -209,23 +231,6 @@ def settle_memory() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def build_resource(node_name: str) -> Resource:
-    """service.name, host.name and, in Kubernetes, k8s.node.name.
-
-    Resource.create also merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
-    """
-    host = socket.gethostname()
-    attrs: dict[str, str] = {
-        "service.name": "otel-kepler",
-        "service.version": __version__,
-        "host.name": host,
-    }
-    in_kubernetes = os.environ.get("NODE_NAME") or os.environ.get("KUBERNETES_SERVICE_HOST")
-    if node_name and (in_kubernetes or node_name != host):
-        attrs["k8s.node.name"] = node_name
-    return Resource.create(attrs)
 
 
 def _create(section: str, c: ComponentConfig, config: AgentConfig) -> Any:
@@ -244,9 +249,25 @@ def _start(path: str, start: Any) -> None:
         raise ComponentError(f"{path}: {err}") from None
 
 
-def _queue_size(config: Any) -> int:
+def _worker(cid: str, exporter: Any, config: Any) -> ExporterWorker:
+    """An exporter's worker with its sending_queue, retry_on_failure and interval."""
     queue = getattr(config, "sending_queue", None)
-    return int(getattr(queue, "queue_size", 10)) if queue is not None else 10
+    retry = getattr(config, "retry_on_failure", None)
+    every = getattr(config, "interval", None)
+    return ExporterWorker(
+        cid,
+        exporter,
+        QueuePolicy(bool(queue.enabled), int(queue.queue_size)) if queue else None,
+        RetryPolicy(
+            enabled=bool(retry.enabled),
+            initial_interval=float(retry.initial_interval),
+            max_interval=float(retry.max_interval),
+            max_elapsed_time=float(retry.max_elapsed_time),
+        )
+        if retry
+        else None,
+        float(every) if every else 0.0,
+    )
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")

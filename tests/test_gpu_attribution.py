@@ -14,7 +14,7 @@ from otel_kepler.processors.attribution import (
     AttributionProcessor,
     platform_remainder,
 )
-from otel_kepler.service import build_resource
+from otel_kepler.resource import node_resource
 
 UUID = "GPU-8d3d9ed1-0000-4000-8000-000000000001"
 CTR = Workload("e" * 64, "containerd", "pod-gpu")
@@ -150,8 +150,8 @@ def test_platform_remainder_is_other() -> None:
 def test_gpu_metrics_carry_gpu_labels_and_kepler_names() -> None:
     proc = AttributionProcessor(ALL, "n1")
     batch = run(proc, [gpu(400.0, 400.0, util={1: 50.0}, idle_watts=100.0)], {1: CTR})
-    data = Converter(build_resource("n1"), 1, "n1").convert(batch)
-    metrics = {x.name: x for x in data.resource_metrics[0].scope_metrics[0].metrics}
+    data = Converter(node_resource("n1"), 1, "n1").convert(batch).to_metrics_data()
+    metrics = {x.name: x for rm in data.resource_metrics for x in rm.scope_metrics[0].metrics}
     node = metrics["kepler.node.gpu.joules"].data.data_points[0]
     assert node.value == 400.0 and node.attributes["gpu_uuid"] == UUID
     pod = metrics["kepler.pod.gpu.joules"].data.data_points[0]

@@ -1,4 +1,4 @@
-"""The pull exporter: Kepler names, terminated workloads kept until scraped, probes."""
+"""The pull exporter: Kepler names, ended workloads kept for their retention, probes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from otel_kepler.data import Batch, EnergyReading, GaugeValue, ProcessSample, Wo
 from otel_kepler.exporters.prometheus import PrometheusConfig, PrometheusExporter
 from otel_kepler.metrics import ALL, prometheus_name
 from otel_kepler.processors.attribution import AttributionConfig, AttributionProcessor
-from otel_kepler.service import build_resource
+from otel_kepler.resource import node_resource
 
 CTR = Workload("c" * 64, "containerd", "pod-uid-1")
 
@@ -57,7 +57,7 @@ class Agent:
         self.proc = AttributionProcessor(
             AttributionConfig(levels=["node", "process", "container", "pod"]), node_name="n1"
         )
-        self.conv = Converter(build_resource("n1"), 1, "n1")
+        self.conv = Converter(node_resource("n1"), 1, "n1", terminated_retention=2.0)
         self.t = 0
 
     def tick(self, procs: dict[int, float], exited: tuple[int, ...] = ()) -> None:
@@ -75,7 +75,7 @@ class Agent:
 
 def test_probes_and_kepler_names(exporter: PrometheusExporter) -> None:
     assert get(exporter, "/healthz") == (200, "ok\n")
-    assert get(exporter, "/readyz") == (503, "no tick yet\n")
+    assert get(exporter, "/readyz") == (503, "no node energy exported yet\n")
     assert get(exporter, "/nope")[0] == 404
     agent = Agent(exporter)
     agent.tick({1: 1.0, 2: 1.0})
@@ -112,13 +112,13 @@ def test_probes_and_kepler_names(exporter: PrometheusExporter) -> None:
     assert samples[("kepler_pod_cpu_joules_total", pod)] == 10.0
 
 
-def test_terminated_workload_stays_until_one_scrape_carried_it(
+def test_an_ended_workload_is_served_to_every_scraper_for_its_retention(
     exporter: PrometheusExporter,
 ) -> None:
     agent = Agent(exporter)
     agent.tick({1: 1.0, 2: 1.0})
-    agent.tick({1: 2.0}, exited=(2,))  # pid 2 ended: emitted once as terminated
-    agent.tick({1: 3.0})  # a newer tick without it, before any scrape
+    agent.tick({1: 2.0}, exited=(2,))  # pid 2 ended at t=2 s: emitted as terminated
+    agent.tick({1: 3.0})  # a newer tick without it
 
     def terminated(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> list[str]:
         return sorted(
@@ -127,8 +127,24 @@ def test_terminated_workload_stays_until_one_scrape_carried_it(
             if name == "kepler_process_cpu_joules_total" and dict(labels)["state"] == "terminated"
         )
 
+    # Two scrapers (an HA pair) both get it, as often as they scrape within the retention.
     assert terminated(scrape(exporter)) == ["2"]
-    assert terminated(scrape(exporter)) == []  # carried once, then gone
+    assert terminated(scrape(exporter)) == ["2"]
+    agent.tick({1: 4.0})  # t=4 s: still within 2 s of its end
+    assert terminated(scrape(exporter)) == ["2"]
+    agent.tick({1: 5.0})  # t=5 s: retention over
+    assert terminated(scrape(exporter)) == []
+
+
+def test_rendered_once_per_tick_however_many_scrape(exporter: PrometheusExporter) -> None:
+    agent = Agent(exporter)
+    agent.tick({1: 1.0, 2: 1.0})
+    bodies = {get(exporter, "/metrics")[1] for _ in range(5)}
+    assert len(bodies) == 1 and exporter.renders == 1
+    agent.tick({1: 2.0, 2: 2.0})
+    get(exporter, "/metrics")
+    get(exporter, "/metrics")
+    assert exporter.renders == 2
 
 
 def test_every_contract_name_translates_to_kepler_names() -> None:
@@ -155,7 +171,7 @@ def test_attribute_keys_become_valid_label_names(exporter: PrometheusExporter) -
     batch.gauges.append(
         GaugeValue("hw.temperature", "Cel", "t", 41.0, {"hw.id": "coretemp-0/temp1"})
     )
-    exporter.export(Converter(build_resource("n1"), 1, "n1").convert(batch), "metrics")
+    exporter.export(Converter(node_resource("n1"), 1, "n1").convert(batch), "metrics")
     samples = scrape(exporter)
     key = ("hw_temperature_celsius", frozenset({"hw_id": "coretemp-0/temp1"}.items()))
     assert samples[key] == 41.0
