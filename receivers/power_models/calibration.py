@@ -107,7 +107,8 @@ class Calibrator:
                 continue
             first = t - lag - smooth + 1
             fit.add(sum(usage[first : t - lag + 1]) / smooth, watts)
-        if len(fit) < self.min_ticks:
+        # a longer lag or average uses fewer of the first ticks: it is not held against it
+        if len(fit) < max(3, self.min_ticks - lag - smooth + 1):
             return None
         line = fit.line()
         if line is not None and line.spread >= self.min_spread:
