@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from otel_kepler import __version__
 from otel_kepler.component import ComponentError, HostSettings
 from otel_kepler.config import AgentConfig, load_file
-from otel_kepler.registry import Registry, default_registry
+from otel_kepler.registry import Registry, default_registry, summary
 from otel_kepler.schema import ConfigError, Duration
 
 log = logging.getLogger("otel_kepler")
@@ -285,16 +285,10 @@ def cmd_components(args: argparse.Namespace, registry: Registry) -> int:
     for kind in ("receivers", "processors", "exporters"):
         print(f"{kind}:")
         for ctype, factory in sorted(registry.factories(kind).items()):
-            print(f"  {ctype:<14} {_sentence(factory.description)}")
+            print(f"  {ctype:<14} {summary(factory)}")
     for where, why in sorted(registry.broken.items()):
         print(f"broken plugin {where}: {why}")
     return 0
-
-
-def _sentence(text: str) -> str:
-    """A description as the list shows them all: one line, capitalised, no final period."""
-    text = " ".join(text.split()).rstrip(".")
-    return text[:1].upper() + text[1:]
 
 
 def cmd_schema(args: argparse.Namespace, registry: Registry) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from otel_kepler.config import KINDS, HostConfig, ServiceConfig
-from otel_kepler.registry import Registry
+from otel_kepler.registry import Registry, summary
 from otel_kepler.schema import json_schema
 
 
@@ -18,7 +18,7 @@ def config_schema(registry: Registry) -> dict[str, Any]:
     for kind in KINDS:
         patterns = {
             f"^{ctype}(/[A-Za-z0-9_.\\-]+)?$": {
-                "description": factory.description,
+                "description": summary(factory),
                 **_nullable(json_schema(factory.config_class)),
             }
             for ctype, factory in sorted(registry.factories(kind).items())

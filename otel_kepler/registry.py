@@ -50,6 +50,16 @@ class Registry:
         return found
 
 
+def summary(factory: Factory[Any, Any]) -> str:
+    """A factory's description as lists show them all: one line, capitalised, no final period.
+
+    Descriptions come from many packages, written in different hands; listing them
+    consistently should not depend on each one following a style.
+    """
+    text = " ".join(factory.description.split()).rstrip(".")
+    return text[:1].upper() + text[1:]
+
+
 _default: Registry | None = None
 
 

@@ -22,8 +22,9 @@ from otel_kepler.endpoints import (
     host_port,
     http_url,
 )
+from otel_kepler.receivers.ipmi.config import IpmiConfig
 from otel_kepler.registry import default_registry
-from otel_kepler.schema import ConfigError, Duration
+from otel_kepler.schema import ConfigError, Duration, decode
 from otel_kepler.yaml_loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -589,3 +590,30 @@ def test_headers() -> None:
     for call, message in cases:
         assert endpoint_error(call) == message
     assert "s3cret" not in endpoint_error(cases[1][0])
+
+
+def test_ipmi_endpoint_takes_host_port() -> None:
+    def decode_ipmi(body: dict[str, object]) -> Any:
+        return decode(IpmiConfig, body, "receivers.ipmi")
+
+    config = decode_ipmi({"endpoint": "10.0.0.5:624"})
+    assert (config.endpoint, config.port, config.where) == ("10.0.0.5", 624, "10.0.0.5:624")
+    config = decode_ipmi({"endpoint": "[fd00::7]:6230"})
+    assert (config.endpoint, config.port) == ("fd00::7", 6230)
+    config = decode_ipmi({"endpoint": "bmc", "port": 6230})
+    assert (config.endpoint, config.port) == ("bmc", 6230)
+    config = decode_ipmi({"endpoint": "bmc:6230", "port": 6230})
+    assert (config.endpoint, config.port) == ("bmc", 6230)
+    with pytest.raises(ConfigError) as err:
+        decode_ipmi({"endpoint": "bmc:624", "port": 625})
+    assert str(err.value) == (
+        "receivers.ipmi.port: is 625 but endpoint 'bmc:624' says 624; give the port once"
+    )
+    with pytest.raises(ConfigError) as err:
+        decode_ipmi({"endpoint": "bmc:99999"})
+    assert str(err.value) == "receivers.ipmi.endpoint: port must be 1 to 65535, got 99999"
+    # Through the whole loader, as a user's file: the unused receiver only warns.
+    config = load(with_("receivers.ipmi", {"endpoint": "10.0.0.5:623"}))
+    assert config.warnings == [
+        "receivers.ipmi: is defined but no pipeline uses it (it is not started)"
+    ]
