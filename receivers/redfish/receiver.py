@@ -305,8 +305,6 @@ class RedfishReceiver(Receiver):
 
 def _contribution(energy: list[EnergyReading], rejected: dict[str, int]) -> Contribution:
     part = Contribution(energy=energy)
-    if isinstance(part.rejected, dict):  # rejected by reason
-        part.rejected.update(rejected)
-    else:  # an older data model: one count
-        part.rejected = sum(rejected.values())
+    for reason, count in rejected.items():
+        part.reject(reason, count)
     return part
