@@ -477,6 +477,8 @@ def test_host_pid_and_resources_can_be_set() -> None:
     spec = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
     assert spec["hostPID"] is True
     assert agent_container(spec)["resources"] == values["resources"]
+    note = env_value(agent_container(spec), "OTEL_KEPLER_PRIVILEGE_NOTE")
+    assert "(the host's /proc mounted at /host/proc, with hostPID)" in note
 
 
 # -- Kepler's documented installs, verbatim ----------------------------------------------

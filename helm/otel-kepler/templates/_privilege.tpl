@@ -109,7 +109,8 @@ runs and leaves off. */}}
 {{- if eq $d.privilege "high" -}}
 {{- printf "otel-kepler: privilege high (%s): root with capabilities %s; receivers rapl (measured energy, the estimator where a node has no RAPL) and ebpf (CPU time from the scheduler, procfs where BPF cannot load). otel-kepler doctor tells what each source lacks on this node." $d.reason (join ", " (include "otel-kepler.containerCapabilities" . | fromJson).add) -}}
 {{- else -}}
-{{- printf "otel-kepler: privilege low (%s): receivers procfs (the host's /proc mounted at /host/proc, no hostPID) and estimator (modelled power, source=model); rapl is off because energy_uj is readable by root only, ebpf because loading BPF needs root with CAP_BPF and CAP_SYS_ADMIN. otel-kepler doctor tells what each source lacks on this node." $d.reason -}}
+{{- $pid := ternary "with hostPID" "no hostPID" (eq (include "otel-kepler.hostPID" .) "true") -}}
+{{- printf "otel-kepler: privilege low (%s): receivers procfs (the host's /proc mounted at /host/proc, %s) and estimator (modelled power, source=model); rapl is off because energy_uj is readable by root only, ebpf because loading BPF needs root with CAP_BPF and CAP_SYS_ADMIN. otel-kepler doctor tells what each source lacks on this node." $d.reason $pid -}}
 {{- end -}}
 {{- end -}}
 
