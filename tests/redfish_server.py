@@ -559,6 +559,7 @@ def _handler(username: str, password: str, delay: float, sessions: bool) -> type
             token = secrets.token_hex(16)
             location = f"{SESSIONS}/{len(tokens) + 1}"
             tokens[token] = location
+            print(f"TOKEN {token}", flush=True)  # for tests that look for it in logs
             self._reply(
                 201,
                 {"@odata.id": location, "Id": location.rsplit("/", 1)[-1], "UserName": username},

@@ -378,7 +378,12 @@ def test_plain_https_endpoint_against_an_http_server(
 
 
 def requests_seen(bmc: Bmc) -> list[str]:
-    return bmc.server.output().splitlines()
+    return [line for line in bmc.server.output().splitlines() if not line.startswith("TOKEN ")]
+
+
+def tokens_issued(bmc: Bmc) -> list[str]:
+    lines = bmc.server.output().splitlines()
+    return [line.split()[1] for line in lines if line.startswith("TOKEN ")]
 
 
 def test_session_login_is_used_and_closed(
@@ -451,6 +456,7 @@ def test_wrong_password_is_one_log_line_and_the_password_never_shows(
             # Then the right password (the file is read at every login): sessions at DEBUG.
             wrong.write_text(PASSWORD)
             wait_for_watts(receiver, {"1": 180.0})
+            receiver.shutdown()  # logs out: the DELETE carries the token
         finally:
             logging.getLogger("sushy").setLevel(logging.NOTSET)
     assert part.energy == [] and part.rejected == {}
@@ -462,6 +468,8 @@ def test_wrong_password_is_one_log_line_and_the_password_never_shows(
     assert f"redfish: the BMC at {auth.where} answers again" in caplog.messages
     everything = caplog.text + "\n".join(f"{r.args!r} {r.exc_text}" for r in caplog.records)
     assert sum(1 for r in caplog.records if r.name.startswith("sushy")) > 0  # they did log
+    (token,) = tokens_issued(auth)  # the session opened with the right password
+    assert token not in everything
     for secret in (PASSWORD, "not-the-Tr0ub4dor-password"):
         assert secret not in everything
         assert secret not in repr(receiver.config) and secret not in repr(receiver)
