@@ -51,6 +51,19 @@ class _Loader(_Base):  # type: ignore[misc]
 
     filename = "<config>"
 
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # PyYAML's constructors for explicit tags (!!int "0x", !!bool maybe,
+            # !!timestamp 2026-13-45) fail with Python errors rather than YAML ones.
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            value = node.value if isinstance(node.value, str) else "..."
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{tag} cannot hold {shown!r}", node.start_mark
+            ) from None
+
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, MappingNode):
             self._check_duplicates(node)

@@ -323,6 +323,28 @@ def test_control_characters_and_second_documents_are_refused() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('!!int "0x"', "<config>:2:16: invalid YAML: !!int cannot hold '0x'"),
+        ("!!bool maybe", "<config>:2:16: invalid YAML: !!bool cannot hold 'maybe'"),
+        (
+            "!!timestamp 2026-13-45",
+            "<config>:2:16: invalid YAML: !!timestamp cannot hold '2026-13-45'",
+        ),
+        ("9" * 5000, "<config>:2:16: invalid YAML: !!int cannot hold '" + "9" * 40 + "...'"),
+        (
+            "!!python/name:os.system",
+            "<config>:2:16: invalid YAML: could not determine a "
+            "constructor for the tag 'tag:yaml.org,2002:python/name:os.system'",
+        ),
+    ],
+)
+def test_explicit_tags_that_cannot_hold_their_value(value: str, message: str) -> None:
+    text = GOOD.replace("host: {procfs: /proc,", f"host: {{procfs: {value},")
+    assert error_of(text) == message
+
+
 def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     path.write_text(GOOD + "#" * MAX_FILE_BYTES)
