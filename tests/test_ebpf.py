@@ -547,6 +547,19 @@ def schedstat_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
+def stolen_seconds() -> float:
+    """Steal, irq and softirq time of all CPUs so far (/proc/stat), in seconds.
+
+    The scheduler's runtime (schedstat, rusage) leaves out what a hypervisor stole
+    from the vCPU (paravirt steal time) and, with IRQ time accounting, interrupts;
+    the BPF program measures slices by the clock between two switches, which includes
+    them. On a busy host the difference is real and bounded by this.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    irq, softirq, steal = (int(fields[i]) for i in (6, 7, 8))
+    return (irq + softirq + steal) / HZ
+
+
 def wait_stopped(pid: int) -> None:
     for _ in range(500):
         stat = Path(f"/proc/{pid}/stat").read_bytes()
@@ -563,6 +576,8 @@ def test_burners_in_their_own_cgroups_get_their_cpu_time(
     for index, child in enumerate(children):
         move(child.pid, cgroup_top / f"burner-{index}")
     ticks = [receiver.collect()]
+    began = {child.pid: schedstat_seconds(child.pid) for child in children}
+    stolen = stolen_seconds()
     for _ in range(5):
         time.sleep(0.5)
         ticks.append(receiver.collect())
@@ -571,13 +586,19 @@ def test_burners_in_their_own_cgroups_get_their_cpu_time(
     for child in children:
         wait_stopped(child.pid)
     ticks.append(receiver.collect())
+    stolen = stolen_seconds() - stolen + 1 / HZ
     for child in children:
-        measured = sum(t.processes[child.pid].cpu_delta for t in ticks if t.processes)
-        # stat counts whole clock ticks (1/HZ s): 5% of it, give or take one tick
-        assert measured == pytest.approx(stat_seconds(child.pid), rel=0.05, abs=1 / HZ)
-        assert measured == pytest.approx(schedstat_seconds(child.pid), rel=0.05)
+        measured = sum(t.processes[child.pid].cpu_delta for t in ticks[1:] if t.processes)
+        # schedstat is the scheduler's own nanosecond count, less steal and irq time
+        # (see stolen_seconds); the slices measured here include what was stolen while
+        # the child was on its CPU, at most all of it. stat counts whole clock ticks
+        # (utime and stime each rounded down) scaled to the same runtime.
+        exact = schedstat_seconds(child.pid) - began[child.pid]
+        assert exact * 0.99 - 0.002 <= measured <= exact * 1.01 + 0.002 + stolen
+        whole = sum(t.processes[child.pid].cpu_delta for t in ticks if t.processes)
+        assert whole == pytest.approx(stat_seconds(child.pid), rel=0.02, abs=3 / HZ + stolen)
         last = ticks[-1].processes
-        assert last is not None and last[child.pid].cpu_seconds == pytest.approx(measured)
+        assert last is not None and last[child.pid].cpu_seconds == pytest.approx(whole)
     assert all(t.cpu_usage_ratio is None or 0 <= t.cpu_usage_ratio <= 1 for t in ticks)
 
 
@@ -611,8 +632,10 @@ def test_burst_of_short_processes_all_arrive_in_that_ticks_totals(
     receiver: EbpfReceiver,
 ) -> None:
     receiver.collect()
+    stolen = stolen_seconds()
     truth = burst(200)
     tick = receiver.collect()
+    stolen = stolen_seconds() - stolen + 1 / HZ
     assert tick.processes is not None
     ended = {s.pid: s for s in tick.exited if s.pid in truth}
     alive = {pid: tick.processes[pid] for pid in truth if pid in tick.processes}
@@ -621,9 +644,11 @@ def test_burst_of_short_processes_all_arrive_in_that_ticks_totals(
     samples = {**alive, **ended}
     assert {s.comm for s in ended.values()} <= {"otelk-burst"}
     total = sum(s.cpu_delta for s in samples.values())
-    # Usually within 0.2% of rusage; one CI run of many measured 7% more (0.781 s against
-    # 0.728 s), not yet explained (see the closing note): 10% until it is.
-    assert total == pytest.approx(sum(truth.values()), rel=0.10)
+    # rusage is the scheduler's runtime, without steal and irq time; the slices measured
+    # here include what was stolen while a burst process ran (on a busy host, up to 7%
+    # more was seen), at most all of it (see stolen_seconds).
+    exact = sum(truth.values())
+    assert exact * 0.99 - 0.002 <= total <= exact * 1.01 + 0.002 + stolen
     assert all(s.cpu_delta > 0 for s in samples.values())
     later = receiver.collect()
     assert not any(s.pid in truth for s in later.exited)  # reported once
@@ -700,9 +725,11 @@ def test_shutdown_detaches_and_unloads_the_program() -> None:
     require_ebpf()
     before = set(bpf_programs())
     receiver = EbpfReceiver("ebpf", EbpfConfig(fallback="none"), HostSettings())
-    receiver.start()
-    mine = {i: n for i, n in bpf_programs().items() if i not in before}
-    receiver.shutdown()
+    try:
+        receiver.start()
+        mine = {i: n for i, n in bpf_programs().items() if i not in before}
+    finally:
+        receiver.shutdown()
     assert sorted(mine.values()) == ["otelk_exec", "otelk_exit", "otelk_switch"]
     assert wait_gone(set(mine)) == set()
 
@@ -892,11 +919,13 @@ def test_missing_counters_are_said_once(caplog: pytest.LogCaptureFixture) -> Non
     require_ebpf()
     why = loader.hardware_counters()
     receiver = EbpfReceiver("ebpf", EbpfConfig(fallback="none"), HostSettings())
-    with caplog.at_level(logging.INFO, logger="otel_kepler.receivers.ebpf"):
-        receiver.start()
-        for _ in range(3):
-            receiver.collect()
-    receiver.shutdown()
+    try:
+        with caplog.at_level(logging.INFO, logger="otel_kepler.receivers.ebpf"):
+            receiver.start()
+            for _ in range(3):
+                receiver.collect()
+    finally:
+        receiver.shutdown()
     said = [r.getMessage() for r in caplog.records if "hardware counters" in r.getMessage()]
     assert receiver.counters_off == why
     if why is None:

@@ -29,7 +29,7 @@ from otel_kepler.component import Availability, ComponentError, Factory, HostSet
 from otel_kepler.data import Contribution
 from otel_kepler.receivers.procfs import ProcfsConfig, ProcfsReceiver
 from otel_kepler.receivers.procfs.reader import ProcessReader
-from otel_kepler.receivers.procfs.stat import StatError, UsageRatio, read_cpu_times
+from otel_kepler.receivers.procfs.stat import StatError, UsageRatio, read_cpu_times, start_error
 from otel_kepler.schema import ConfigError
 
 from . import program
@@ -131,7 +131,7 @@ class EbpfReceiver(Receiver):
         try:
             read_cpu_times(self._ratio.path)
         except StatError as err:
-            raise ComponentError(f"{err} (host.procfs must be where procfs is mounted)") from None
+            raise ComponentError(start_error(err)) from None
         bcc = prerequisites(self.paths)
         counters = False
         if self.config.hardware_counters:

@@ -16,7 +16,7 @@ from otel_kepler.component import (
 from otel_kepler.data import Contribution, ProcessSample
 
 from .reader import ProcessReader, raise_fd_limit, read_exe, read_small
-from .stat import StatError, UsageRatio, read_cpu_times
+from .stat import StatError, UsageRatio, read_cpu_times, start_error
 
 __all__ = ["ProcfsConfig", "ProcfsReceiver", "doctor", "factory"]
 
@@ -59,7 +59,7 @@ class ProcfsReceiver(Receiver):
         try:
             read_cpu_times(self._ratio.path)
         except StatError as err:
-            raise ComponentError(f"{err} (host.procfs must be where procfs is mounted)") from None
+            raise ComponentError(start_error(err)) from None
         if self._reader.files.keep_open:
             raise_fd_limit()
 

@@ -20,6 +20,7 @@ cost, and Python work per process is the rest):
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 from dataclasses import dataclass
@@ -87,6 +88,18 @@ class StatFiles:
         self._stale, self._open = self._open, {}
         self.end()
 
+    def give_back_one(self) -> bool:
+        """Out of descriptors (other parts of the agent hold more than the reserve):
+        close one kept file and keep no more open this scan, so that the scan can go
+        on; False if none is kept. A scan never misses a process for an open file."""
+        table = self._open or self._stale
+        if not table:
+            return False
+        _, spare = table.popitem()
+        os.close(spare)
+        self._budget = len(self._open)
+        return True
+
     @property
     def open_count(self) -> int:
         return len(self._open) + len(self._stale)
@@ -105,8 +118,13 @@ class StatFiles:
             os.close(fd)  # its pid may belong to a new process now: open it afresh
         try:
             fd = os.open(self.prefix + name + "/stat", os.O_RDONLY)
-        except OSError:
-            return b""
+        except OSError as err:
+            if err.errno != errno.EMFILE or not self.give_back_one():
+                return b""
+            try:
+                fd = os.open(self.prefix + name + "/stat", os.O_RDONLY)
+            except OSError:
+                return b""
         try:
             data = os.read(fd, _STAT_SIZE)
         except OSError:
@@ -199,7 +217,10 @@ class ProcessReader:
     ) -> Identity | None:
         """Read exe and cgroup of a process seen for the first time (or after an exec)."""
         base = f"{self.procfs}/{name}"
-        cgroup = read_small(base + "/cgroup")
+        try:
+            cgroup = read_small(base + "/cgroup", strict=True)
+        except OSError:  # out of descriptors: one kept stat file makes room
+            cgroup = read_small(base + "/cgroup") if self.files.give_back_one() else b""
         if not cgroup:
             return None  # gone since its stat was read
         kernel = bool(int(fields[_FLAGS]) & PF_KTHREAD)
@@ -218,15 +239,18 @@ def read_workload(cgroup: bytes) -> Workload:
     return parse_cgroup(cgroup.decode("utf-8", "replace"))
 
 
-def read_small(path: str) -> bytes:
+def read_small(path: str, strict: bool = False) -> bytes:
     """The whole content of a small procfs file; ``b""`` when it cannot be read.
 
     Unreadable means gone (ENOENT, ESRCH), not permitted, or a race with the exit
-    of the process; every case means the same to a scan: skip it.
+    of the process; every case means the same to a scan: skip it. With ``strict``,
+    running out of descriptors (EMFILE) raises instead: the caller can make room.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except OSError as err:
+        if strict and err.errno == errno.EMFILE:
+            raise
         return b""
     try:
         chunks = [os.read(fd, _STAT_SIZE)]

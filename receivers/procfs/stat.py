@@ -7,11 +7,38 @@ nice, so they are left out of the total.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 
 
 class StatError(Exception):
-    """/proc/stat is missing or not in the expected format."""
+    """/proc/stat is missing, unreadable or not in the expected format.
+
+    ``out_of_descriptors`` tells an agent that ran out of file descriptors (EMFILE,
+    ENFILE) apart from a procfs that is not where it should be.
+    """
+
+    def __init__(self, message: str, out_of_descriptors: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_descriptors = out_of_descriptors
+
+
+def start_error(err: StatError) -> str:
+    """The one-line reason a receiver gives when /proc/stat fails at start."""
+    if err.out_of_descriptors:
+        return str(err)
+    return f"{err} (host.procfs must be where procfs is mounted)"
+
+
+def _descriptors_detail() -> str:
+    """What ran out: this process's soft RLIMIT_NOFILE (counting the open ones would
+    itself need a descriptor)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (
+        f"this process has all {soft} file descriptors of its soft RLIMIT_NOFILE open "
+        "(raise the limit, or set keep_open: false on the procfs reader)"
+    )
 
 
 def read_cpu_times(path: str) -> tuple[int, int]:
@@ -23,6 +50,13 @@ def read_cpu_times(path: str) -> tuple[int, int]:
         finally:
             os.close(fd)
     except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            detail = (
+                _descriptors_detail()
+                if err.errno == errno.EMFILE
+                else "the system's file table is full (fs.file-max)"
+            )
+            raise StatError(f"cannot read {path}: {err.strerror}: {detail}", True) from None
         raise StatError(f"cannot read {path}: {err.strerror}") from None
     line = head.split(b"\n", 1)[0]
     fields = line.split()
