@@ -791,3 +791,24 @@ service:
     totals = [p.value for p in joules]
     assert totals == sorted(totals) and totals[-1] == pytest.approx(250.0 * elapsed, rel=0.1)
     assert [p.value for p in watts] == pytest.approx([250.0] * 3, rel=0.05)
+
+
+def test_null_readings_count_no_energy_and_are_not_errors(
+    modern: Bmc, certs: rs.Certs, receivers: Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BMC answering null (no figure yet): nothing recorded, nothing rejected, no warning."""
+    rs.write_environment_metrics(modern.tree, "1U", None)
+    rs.write_supply_metrics(modern.tree, "GPUTray", "PSU1", None)  # half a sum is no sum
+    receiver, clock = receivers(endpoint=modern.endpoint, ca_file=str(certs.ca))
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        receiver.start()
+        wait_until("3 polls", lambda: receiver.polls >= 3)
+        receiver.collect()
+        time.sleep(0.2)
+        part = receiver.collect()
+        assert part.energy == [] and part.rejected == {} and receiver.latest() == {}
+        rs.write_supply_metrics(modern.tree, "GPUTray", "PSU1", 55)
+        wait_for_watts(receiver, {"GPUTray": 155.0})
+        seconds, joules = full_window(receiver, clock, 0.3)
+    assert joules == {"GPUTray": pytest.approx(155.0 * seconds, rel=1e-9)}
+    assert warnings_of(caplog) == []
