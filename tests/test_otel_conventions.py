@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from otel_kepler.component import ComponentError
+from otel_kepler.component import ComponentError, ExportError, HostSettings
 from otel_kepler.config import parse
 from otel_kepler.convert import Converter
 from otel_kepler.data import Batch, EnergyReading, ProcessSample, Workload
@@ -254,7 +254,7 @@ def test_delta_sums_add_up_to_the_cumulative_totals(tmp_path: Path) -> None:
                 cumulative.export(snapshot, "metrics")
                 if t == 3:  # one failed delivery: the next delta covers both intervals
                     delta_sink.respond_error()
-                    with pytest.raises(Exception):
+                    with pytest.raises(ExportError):
                         delta.export(snapshot, "metrics", timeout=5)
                     delta_sink.respond_ok()
                     continue
@@ -310,7 +310,7 @@ def test_otel_exporter_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert grpc.metadata == (("api-key", "s3cr=t"), ("x-team", "energy"))
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://other:99999")
     with pytest.raises(ComponentError) as err:
-        create_http("otlphttp", OtlpHttpConfig(), None)  # type: ignore[arg-type]
+        create_http("otlphttp", OtlpHttpConfig(), HostSettings())
     assert str(err.value) == (
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: invalid port in 'http://other:99999' (1-65535)"
     )
