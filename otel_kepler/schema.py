@@ -14,6 +14,7 @@ Every error is a :class:`ConfigError` naming the config path
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -53,13 +54,16 @@ class Duration(float):
         """A Duration from a YAML value; ValueError with a readable message otherwise."""
         if isinstance(text, bool) or not isinstance(text, int | float | str):
             raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {kind_of(text)}")
-        value = float(text) if isinstance(text, int | float) else cls._parse_text(text)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"expected a finite duration, got {text!r}")
+        try:
+            value = float(text) if isinstance(text, int | float) else cls._parse_text(text)
+        except OverflowError:
+            raise ValueError(f"is too long ({len(str(text))} digits)") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite duration, got {shown(text)}")
         if value < 0:
-            raise ValueError(f"must not be negative, got {text!r}")
+            raise ValueError(f"must not be negative, got {shown(text)}")
         if value > cls.MAX_SECONDS:
-            raise ValueError(f"is too long (at most {cls.MAX_SECONDS:g}s), got {text!r}")
+            raise ValueError(f"is too long (at most {cls.MAX_SECONDS:g}s), got {shown(text)}")
         return cls(value)
 
     @classmethod
@@ -77,7 +81,7 @@ class Duration(float):
             pos = match.end()
         if not body or pos != len(body):
             hint = " (no spaces)" if any(c.isspace() for c in text) else ""
-            raise ValueError(f"expected a duration like 500ms, 5s or 1m{hint}, got {text!r}")
+            raise ValueError(f"expected a duration like 500ms, 5s or 1m{hint}, got {shown(text)}")
         return -total if body is not text else total
 
     def __str__(self) -> str:
@@ -158,6 +162,12 @@ def _takes_text(tp: Any) -> bool:
     return tp is str
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def kind_of(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -182,6 +192,7 @@ def _decode_value(tp: Any, value: Any, path: str) -> Any:
         except ConfigError as err:
             # Never echo what a reference expanded to: name the reference instead.
             message = err.message.replace(repr(inner), value.reference)
+            message = message.replace(shown(inner), value.reference)
             raise ConfigError(err.path, message) from None
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -227,7 +238,14 @@ def _decode_scalar(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, f"expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(path, f"is too large ({len(str(value))} digits)") from None
+        if not math.isfinite(number):
+            # .nan passes every comparison a validate() makes; .inf is no physical value.
+            raise ConfigError(path, f"expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(path, f"expected a string, got {kind_of(value)}")

@@ -639,3 +639,22 @@ def test_ipmi_endpoint_takes_host_port() -> None:
     assert config.warnings == [
         "receivers.ipmi: is defined but no pipeline uses it (it is not started)"
     ]
+
+
+def test_long_or_non_finite_values_are_refused_in_one_readable_line(tmp_path: Path) -> None:
+    assert error_of(GOOD.replace("max_watts: 50", "max_watts: .nan")) == (
+        "receivers.estimator.max_watts: expected a finite number, got nan"
+    )
+    assert error_of(GOOD.replace("max_watts: 50", "max_watts: -.inf")) == (
+        "receivers.estimator.max_watts: expected a finite number, got -inf"
+    )
+    long = "9" * 100 + "h"
+    assert error_of(GOOD.replace("interval: 500ms", f"interval: {long}")) == (
+        f"service.interval: is too long (at most 9.22337e+09s), got '{'9' * 55}...'"
+    )
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret" * 20 + "\n")
+    message = error_of(GOOD.replace("interval: 500ms", f'interval: "${{file:{secret}}}"'))
+    assert message == (
+        f"service.interval: expected a duration like 500ms, 5s or 1m, got ${{file:{secret}}}"
+    )
