@@ -41,7 +41,7 @@ VM_MIN_VERSION="1.92"
 # Debian codenames in release order; the suites after the host's are tried in turn.
 DEBIAN_CODENAMES=(buster bullseye bookworm trixie forky duke)
 
-PEERS=(install_victoria_metrics install_prometheus install_openssl install_openipmi)
+PEERS=(install_victoria_metrics install_prometheus install_openssl install_openipmi install_qemu)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -272,6 +272,16 @@ install_openipmi() {
         return 0
     fi
     apt_install_system openipmi ipmitool
+}
+
+# QEMU (qemu-system-x86, with its SeaBIOS firmware): tests/test_vm.py starts a real guest
+# under TCG (no /dev/kvm needed) and checks that the vm level recognises it.
+install_qemu() {
+    if command -v qemu-system-x86_64 >/dev/null; then
+        log "qemu-system-x86: present ($(qemu-system-x86_64 --version | head -n 1))"
+        return 0
+    fi
+    apt_install_system qemu-system-x86
 }
 
 # Packages installed into the system (root only): apt_install_system, shared with
