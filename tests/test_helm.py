@@ -335,6 +335,11 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
     agent_container(daemonset["spec"]["template"]["spec"])["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
         kubernetes_validate.validate(daemonset, "1.33", strict=True)
+    # and Kepler's fsGroup in a container's securityContext, which the chart never puts there.
+    daemonset = one(kepler_install("low"), "DaemonSet")
+    agent_container(daemonset["spec"]["template"]["spec"])["securityContext"]["fsGroup"] = 1000
+    with pytest.raises(kubernetes_validate.ValidationError, match="fsGroup"):
+        kubernetes_validate.validate(daemonset, "1.30", strict=True)
 
 
 # -- the DaemonSet and its two privilege modes --------------------------------------------
