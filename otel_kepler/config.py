@@ -125,6 +125,13 @@ class ServiceConfig:
             "OTEL_SERVICE_NAME still win)"
         },
     )
+    semconv: bool = field(
+        default=False,
+        metadata={
+            "doc": "also emit node energy under the hardware semantic conventions' names "
+            "(hw.host.energy/power, hw.energy/power with hw.id and hw.type)"
+        },
+    )
     terminated_retention: Duration = field(
         default=Duration(60.0),
         metadata={
@@ -286,10 +293,6 @@ def substitute(value: Any, path: str) -> Any:
     if isinstance(typed, dict | list):
         return typed
     return Substituted(result, typed, value)
-
-
-# Substitution used to be env-only; the old name stays for callers outside this module.
-substitute_env = substitute
 
 
 def _resolve(reference: str, path: str) -> str:
