@@ -90,6 +90,7 @@ class Converter:
         node_totals: bool = False,
         terminated_retention: float = DEFAULT_TERMINATED_RETENTION,
         procfs: str = "/proc",
+        semconv: bool = False,
     ) -> None:
         if isinstance(resource, Resource):
             resource = node_attributes(resource)
@@ -97,6 +98,7 @@ class Converter:
         self.start_ns = start_ns
         self.node_name = node_name
         self.node_totals = node_totals
+        self.semconv = semconv
         self.retention_ns = int(max(0.0, terminated_retention) * 1e9)
         self._node: Attrs = (("node_name", node_name),) if node_name else ()
         self._labels: dict[Attrs, Labels] = {}
@@ -157,6 +159,10 @@ class Converter:
                 attrs = self._zone_attrs(zone.zone, zone.source, zone.attributes)
                 node.add(m.NODE_JOULES[zone.component], attrs, zone.total_joules, start)
                 node.add(m.NODE_WATTS[zone.component], attrs, zone.watts)
+                if self.semconv:
+                    energy, power, hw = self._hardware(zone.component, zone.zone, zone.source)
+                    node.add(energy, hw, zone.total_joules, start)
+                    node.add(power, hw, zone.watts)
                 seen = True
                 if zone.component != "cpu":
                     continue
@@ -177,10 +183,26 @@ class Converter:
                 watts = reading.joules / interval if interval > 0 else 0.0
                 node.add(m.NODE_JOULES[reading.component], attrs, total, start)
                 node.add(m.NODE_WATTS[reading.component], attrs, max(0.0, watts))
+                if self.semconv:
+                    energy, power, hw = self._hardware(
+                        reading.component, reading.zone, reading.source
+                    )
+                    node.add(energy, hw, total, start)
+                    node.add(power, hw, max(0.0, watts))
                 seen = True
         if batch.cpu_usage_ratio is not None and (seen or batch.node_zones):
             node.add(m.NODE_CPU_USAGE, self._node, batch.cpu_usage_ratio)
         return seen
+
+    def _hardware(
+        self, component: str, zone: str, source: str
+    ) -> tuple[MetricDesc, MetricDesc, Attrs]:
+        """The hw.* metrics and hw.id/hw.type of one zone, as the semantic conventions name them."""
+        hw_id = ("hw.id", f"{source}/{zone}")
+        if component == "platform" and zone in ("platform", "psys"):
+            return m.HW_HOST_ENERGY, m.HW_HOST_POWER, (hw_id, *self._node)
+        kind = "memory" if zone == "dram" else {"cpu": "cpu", "gpu": "gpu"}.get(component, "other")
+        return m.HW_ENERGY, m.HW_POWER, (hw_id, ("hw.type", kind), *self._node)
 
     def _split_watts(
         self, key: tuple[Any, ...], active_total: float, idle_total: float, interval: float

@@ -107,6 +107,12 @@ BUILD_INFO = _gauge("kepler.build.info", "", "The agent's version and build")
 
 WORKLOAD_LEVELS = ("process", "container", "pod", "vm")
 
+# The hardware semantic conventions' names for the same node energy (``service.semconv``).
+HW_ENERGY = _sum("hw.energy", "J", "Energy consumed by the component")
+HW_POWER = _gauge("hw.power", "W", "Instantaneous power consumed by the component")
+HW_HOST_ENERGY = _sum("hw.host.energy", "J", "Energy consumed by the entire physical host")
+HW_HOST_POWER = _gauge("hw.host.power", "W", "Instantaneous power consumed by the entire host")
+
 WORKLOAD_JOULES = {
     level: _sum(f"kepler.{level}.cpu.joules", "J", f"CPU energy attributed to the {level}")
     for level in WORKLOAD_LEVELS
@@ -182,6 +188,10 @@ ALL: tuple[MetricDesc, ...] = (
     NODE_GPU_IDLE_WATTS,
     NODE_GPU_INFO,
     BUILD_INFO,
+    HW_ENERGY,
+    HW_POWER,
+    HW_HOST_ENERGY,
+    HW_HOST_POWER,
     *WORKLOAD_JOULES.values(),
     *WORKLOAD_WATTS.values(),
     *WORKLOAD_GPU_JOULES.values(),

@@ -80,6 +80,7 @@ class Service:
                 node_totals="attribution" not in types,
                 terminated_retention=retention,
                 procfs=self.host.procfs,
+                semconv=bool(getattr(service, "semconv", False)),
             )
         self.receiver_errors: dict[str, int] = {cid: 0 for cid in self.receivers}
         self.rejected_readings: dict[tuple[str, str], int] = {}

@@ -351,3 +351,23 @@ service:
     watts = [p for p in otlp_http_sink.metric_points("kepler.node.cpu.watts")]
     assert watts and all(p.value >= 0 for p in watts)
     assert not otlp_http_sink.metric_points("kepler.node.cpu.active.joules")
+
+
+def test_hardware_semantic_conventions_beside_kepler_names() -> None:
+    converter = Converter(node_resource("n1"), 1, "n1", node_totals=True, semconv=True)
+    readings = [
+        EnergyReading("cpu", "package", "rapl", 30.0),
+        EnergyReading("cpu", "dram", "rapl", 3.0),
+        EnergyReading("platform", "platform", "acpi", 90.0),
+    ]
+    for t in (1, 2):
+        snapshot = converter.convert(Batch(t * 10**9, 2.0, "n1", list(readings)))
+    energy = {a["hw.id"]: (a.get("hw.type"), v) for a, v in snapshot.find("hw.energy")}
+    assert energy == {"rapl/package": ("cpu", 60.0), "rapl/dram": ("memory", 6.0)}
+    assert snapshot.find("hw.host.energy") == [
+        ({"hw.id": "acpi/platform", "node_name": "n1"}, 180.0)
+    ]
+    assert snapshot.find("hw.host.power")[0][1] == 45.0
+    assert [v for _, v in snapshot.find("kepler.node.platform.joules")] == [180.0]
+    plain = Converter(node_resource("n1"), 1, "n1", node_totals=True)
+    assert not plain.convert(Batch(10**9, 2.0, "n1", list(readings))).find("hw.energy")
