@@ -52,7 +52,7 @@ from typing import Any, NamedTuple, Self
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -69,6 +69,7 @@ __all__ = [
     "Prometheus",
     "TlsCert",
     "VictoriaMetrics",
+    "Answer",
     "any_value",
     "attributes_dict",
     "make_self_signed_cert",
@@ -270,6 +271,23 @@ class _ProcessPeer:
         if self.dir is not None and not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+    def halt(self) -> None:
+        """Stop the process (an outage) but keep its port and folder for :meth:`restart`."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again after :meth:`halt`, on the same port with the same stored data."""
+        assert self.proc is None and self.dir is not None and self.port, "halt() first"
+        self._spawn([str(self.binary()), *self.args(self.port, self.dir), *self.extra_args])
+        self._wait_ready(last_attempt=True)
 
     @property
     def running(self) -> bool:
@@ -540,13 +558,43 @@ class ExportCall:
 
 @dataclass
 class _Mode:
-    kind: str = "ok"  # ok | error | hang
+    kind: str = "ok"  # ok | error | hang | close | too_large
     status: Any = None
     message: str = ""
     seconds: float = 0.0
     then_ok: bool = False
-    retry_after: int | None = None
+    retry_after: int | None = None  # HTTP Retry-After; gRPC RetryInfo in the status details
+    max_resources: int = 0  # too_large: more ResourceMetrics than this are refused
     release: threading.Event = field(default_factory=threading.Event)
+
+
+class Answer:
+    """One scripted answer of a sink, for ``respond_sequence``."""
+
+    @staticmethod
+    def ok() -> _Mode:
+        return _Mode()
+
+    @staticmethod
+    def error(status: Any, *, retry_after: int | None = None, message: str = "test sink") -> _Mode:
+        """HTTP status (int) or grpc.StatusCode, with Retry-After / RetryInfo if given."""
+        return _Mode(kind="error", status=status, retry_after=retry_after, message=message)
+
+    @staticmethod
+    def hang(seconds: float, *, then_ok: bool = False) -> _Mode:
+        return _Mode(kind="hang", seconds=seconds, then_ok=then_ok)
+
+    @staticmethod
+    def close() -> _Mode:
+        """HTTP: read the request, then close the connection without an answer."""
+        return _Mode(kind="close")
+
+    @staticmethod
+    def too_large(max_resources: int) -> _Mode:
+        """Refuse (HTTP 413, gRPC RESOURCE_EXHAUSTED without RetryInfo) a request with more
+        than ``max_resources`` ResourceMetrics; accept smaller ones. Not consumed by a script:
+        it stays until the mode changes."""
+        return _Mode(kind="too_large", max_resources=max_resources)
 
 
 class _OtlpRecorder:
@@ -556,6 +604,7 @@ class _OtlpRecorder:
         self._cond = threading.Condition()
         self._calls: list[ExportCall] = []
         self._mode = _Mode()
+        self._script: list[_Mode] = []
         self._stopping = threading.Event()
 
     # --- behaviour switches
@@ -568,14 +617,28 @@ class _OtlpRecorder:
         drop it (``then_ok``: accept it, i.e. a slow but successful peer)."""
         self._set_mode(_Mode(kind="hang", seconds=seconds, then_ok=then_ok))
 
+    def respond_sequence(self, *answers: _Mode, then: _Mode | None = None) -> None:
+        """Answer the next calls with ``answers`` in order (see :class:`Answer`), then with
+        ``then`` (default: accept)."""
+        with self._cond:
+            old, self._mode = self._mode, then or _Mode()
+            self._script = list(answers)
+        old.release.set()
+
     def _set_mode(self, mode: _Mode) -> None:
         with self._cond:
             old, self._mode = self._mode, mode
+            self._script = []
         old.release.set()
 
     def _hold(self, mode: _Mode) -> bool:
         """Wait out a hang; True if the request is then to be accepted."""
-        mode.release.wait(mode.seconds)
+        deadline = time.monotonic() + mode.seconds
+        while not mode.release.is_set() and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            mode.release.wait(min(left, 0.05))
         return mode.then_ok and not self._stopping.is_set()
 
     def _receive(
@@ -583,12 +646,15 @@ class _OtlpRecorder:
     ) -> tuple[str, _Mode]:
         """Record a call on arrival and apply the mode; returns the outcome and the mode."""
         with self._cond:
-            mode = self._mode
-            call = ExportCall(request, headers, mode.kind, time.time(), raw)
+            mode = self._script.pop(0) if self._script else self._mode
+            kind = mode.kind
+            if kind == "too_large":
+                kind = "error" if len(request.resource_metrics) > mode.max_resources else "ok"
+            call = ExportCall(request, headers, kind, time.time(), raw)
             self._calls.append(call)
             self._cond.notify_all()
-        if mode.kind != "hang" or not self._hold(mode):
-            return mode.kind, mode
+        if kind != "hang" or not self._hold(mode):
+            return kind, mode
         with self._cond:  # the held request is accepted after all
             for i, c in enumerate(self._calls):
                 if c is call:
@@ -730,11 +796,12 @@ class OtlpGrpcSink(_OtlpRecorder):
     with ``tls`` it serves TLS (clients trust ``tls.cert_file``).
     """
 
-    def __init__(self, *, tls: TlsCert | None = None, max_workers: int = 8) -> None:
+    def __init__(self, *, tls: TlsCert | None = None, max_workers: int = 8, port: int = 0) -> None:
+        """``port``: listen there (a backend coming back where the agent points), else any."""
         super().__init__()
         self.tls = tls
         self.max_workers = max_workers
-        self.port = 0
+        self.port = port
         self._server: grpc.Server | None = None
 
     @property
@@ -754,9 +821,19 @@ class OtlpGrpcSink(_OtlpRecorder):
     def _export(self, request: Any, context: grpc.ServicerContext) -> Any:
         headers = {k.lower(): str(v) for k, v in context.invocation_metadata()}
         outcome, mode = self._receive(request, headers)
+        if outcome == "error" and mode.kind == "too_large":
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "test sink: request too large")
         if outcome == "error":
+            if mode.retry_after is not None:
+                info = error_details_pb2.RetryInfo()
+                info.retry_delay.seconds = int(mode.retry_after)
+                status = status_pb2.Status(code=mode.status.value[0], message=mode.message)
+                status.details.add().Pack(info)
+                context.set_trailing_metadata(
+                    (("grpc-status-details-bin", status.SerializeToString()),)
+                )
             context.abort(mode.status, mode.message)
-        if outcome == "hang":
+        if outcome in ("hang", "close"):
             context.abort(grpc.StatusCode.UNAVAILABLE, "test sink was hanging")
         return ExportMetricsServiceResponse()
 
@@ -767,7 +844,7 @@ class OtlpGrpcSink(_OtlpRecorder):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers))
         add_servicer = metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server
         add_servicer(_MetricsServicer(self), server)  # type: ignore[no-untyped-call]
-        address = f"{LOOPBACK}:0"
+        address = f"{LOOPBACK}:{self.port}"
         if self.tls is not None:
             creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
             self.port = server.add_secure_port(address, creds)
@@ -845,11 +922,14 @@ class OtlpHttpSink(_OtlpRecorder):
     or the error/hang behaviour chosen with ``respond_*``. Other paths get 404.
     """
 
-    def __init__(self, *, path: str = "/v1/metrics", tls: TlsCert | None = None) -> None:
+    def __init__(
+        self, *, path: str = "/v1/metrics", tls: TlsCert | None = None, port: int = 0
+    ) -> None:
+        """``port``: listen there (a backend coming back where the agent points), else any."""
         super().__init__()
         self.path = path
         self.tls = tls
-        self.port = 0
+        self.port = port
         self._server: _SinkHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -881,8 +961,11 @@ class OtlpHttpSink(_OtlpRecorder):
             handler._reply(400, status.SerializeToString(), "application/x-protobuf")
             return
         outcome, mode = self._receive(request, headers, raw)
-        if outcome == "hang":
+        if outcome in ("hang", "close"):
             handler.close_connection = True  # drop it without an answer
+            return
+        if outcome == "error" and mode.kind == "too_large":
+            handler._reply(413, b"test sink: request too large\n", "text/plain")
             return
         if outcome == "error":
             extra = {"Retry_After": str(mode.retry_after)} if mode.retry_after is not None else {}
@@ -917,7 +1000,7 @@ class OtlpHttpSink(_OtlpRecorder):
         if self._server is not None:
             return self
         self._stopping.clear()
-        server = _SinkHTTPServer((LOOPBACK, 0), _SinkHandler)
+        server = _SinkHTTPServer((LOOPBACK, self.port), _SinkHandler)
         server.sink = self
         if self.tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
