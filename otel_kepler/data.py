@@ -73,6 +73,15 @@ class ProcessSample:
     cycles: int = 0
     instructions: int = 0
     cache_misses: int = 0
+    #: storage I/O the process caused, cumulative as /proc/PID/io says (read_bytes,
+    #: write_bytes); -1 where that file is not readable (another user's process)
+    read_bytes: int = -1
+    write_bytes: int = -1
+    #: softirqs raised while the process was on the CPU during this interval (eBPF, as
+    #: Kepler counted them from irq:softirq_entry): NET_TX, NET_RX and BLOCK vectors
+    net_tx_irq: int = 0
+    net_rx_irq: int = 0
+    block_irq: int = 0
 
 
 @dataclass(slots=True)
@@ -95,6 +104,20 @@ class GpuSample:
     running: list[int] = field(default_factory=list)
     idle_watts: float | None = None  # configured idle power; None: learn it
     attributes: dict[str, str] | None = None  # e.g. the MIG instance
+
+
+@dataclass(slots=True)
+class IoCounters:
+    """Cumulative I/O counters of one container or pod, as the kernel reports them.
+
+    Counters may restart (a recreated cgroup or interface): the processor that sums
+    them treats a counter going backwards as a restart. -1: not measured.
+    """
+
+    rx_bytes: int = -1  # network, received
+    tx_bytes: int = -1  # network, sent
+    read_bytes: int = -1  # block devices
+    write_bytes: int = -1
 
 
 @dataclass(slots=True)
@@ -146,6 +169,10 @@ class Contribution:
     gpus: list[GpuSample] = field(default_factory=list)
     #: readings dropped this tick: reason (one of REASONS) -> count
     rejected: dict[str, int] = field(default_factory=dict)
+    #: I/O counters by container id (cgroup io.stat, eBPF socket-buffer programs)
+    container_io: dict[str, IoCounters] = field(default_factory=dict)
+    #: network counters by pod uid, from each pod's network namespace (no privilege)
+    pod_io: dict[str, IoCounters] = field(default_factory=dict)
 
     def reject(self, reason: str, n: int = 1) -> None:
         """Count ``n`` readings dropped for ``reason`` (one of :attr:`REASONS`)."""
@@ -215,6 +242,13 @@ class WorkloadEnergy:
     gpu_joules: dict[str, float] = field(default_factory=dict)  # GPU uuid -> total joules
     gpu_watts: dict[str, float] = field(default_factory=dict)  # GPU uuid -> last interval
     co2_grams: float | None = None  # cumulative gCO2e, once the carbon processor ran
+    #: cumulative activity since first seen, only what was measured: network_rx_bytes,
+    #: network_tx_bytes, block_read_bytes, block_write_bytes, net_tx_irq, net_rx_irq,
+    #: block_irq (see processors/activity.py)
+    activity: dict[str, float] = field(default_factory=dict)
+    #: the platform remainder (zone ``other``) given to it by activity, when enabled
+    other_joules: float | None = None  # cumulative
+    other_watts: float = 0.0  # over the last interval
 
 
 @dataclass(slots=True)
@@ -249,6 +283,8 @@ class Batch:
     # Filled by the carbon processor:
     carbon: CarbonState | None = None
     has_usage: bool = False  # some receiver reported processes this tick
+    container_io: dict[str, IoCounters] = field(default_factory=dict)
+    pod_io: dict[str, IoCounters] = field(default_factory=dict)
 
     def add(self, part: Contribution) -> None:
         self.energy.extend(part.energy)
@@ -262,3 +298,5 @@ class Batch:
         self.exited.extend(part.exited)
         self.gauges.extend(part.gauges)
         self.gpus.extend(part.gpus)
+        self.container_io.update(part.container_io)
+        self.pod_io.update(part.pod_io)
