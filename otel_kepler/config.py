@@ -185,8 +185,12 @@ USAGE_RECEIVERS = frozenset({"procfs", "ebpf"})
 #: Receivers of node or device energy (measured, or estimated by a model).
 ENERGY_RECEIVERS = frozenset({"rapl", "hwmon", "acpi", "ipmi", "redfish", "estimator", "nvml"})
 #: Processor type -> processor types that read what it adds to the batch, so must run after
-#: it: k8sattributes names the containers and pods that attribution and carbon report.
-MUST_PRECEDE: dict[str, tuple[str, ...]] = {"k8sattributes": ("attribution", "carbon")}
+#: it: k8sattributes names the containers and pods that attribution and carbon report, and
+#: carbon converts the workload joules that attribution computes.
+MUST_PRECEDE: dict[str, tuple[str, ...]] = {
+    "k8sattributes": ("attribution", "carbon"),
+    "attribution": ("carbon",),
+}
 
 
 def load_file(path: str, registry: Registry) -> AgentConfig:
@@ -407,7 +411,7 @@ def _check_pipelines(
                     raise ConfigError(
                         f"{path}.processors[{i}]",
                         f'"{pipeline.processors[i]}" must come before "{pipeline.processors[j]}" '
-                        f"(processors[{j}]), which uses the names it adds",
+                        f"(processors[{j}]), which uses what it adds",
                     )
         rtypes = {components["receivers"][rid].type for rid in pipeline.receivers}
         usage = sorted(rtypes & USAGE_RECEIVERS)

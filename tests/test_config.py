@@ -189,7 +189,21 @@ def test_a_good_config_loads_with_types_and_defaults() -> None:
                 base=(with_("processors.k8sattributes", {"source": "downward_api"})),
             ),
             'service.pipelines.metrics.processors[1]: "k8sattributes" must come before '
-            '"attribution" (processors[0]), which uses the names it adds',
+            '"attribution" (processors[0]), which uses what it adds',
+        ),
+        (
+            with_(
+                "service.pipelines.metrics.processors",
+                ["carbon/grid", "attribution"],
+                base=(
+                    with_(
+                        "processors.carbon/grid",
+                        {"providers": ["static"], "static": {"intensity": 380}},
+                    )
+                ),
+            ),
+            'service.pipelines.metrics.processors[1]: "attribution" must come before '
+            '"carbon/grid" (processors[0]), which uses what it adds',
         ),
     ],
 )
