@@ -5,19 +5,20 @@
 For each size, spawns that many real sleeping processes (bench/spawn.py) and
 measures, with time.process_time, the median CPU time of a tick as the agent
 runs it with process level on: the ``procfs`` receiver's collect(), the
-``attribution`` processor, and the conversion to OpenTelemetry ``MetricsData``
-(what every exporter receives), each part on its own and together. Beside it,
+``attribution`` processor, the conversion to a snapshot (what every exporter
+receives), the OTLP encoding (with gzip) and the Prometheus rendering, each part
+on its own and together. Beside it,
 in the same run, a psutil.process_iter(['cpu_times', 'name']) pass reading the
 same fields, and the resident memory of this process (which holds what the
 agent holds: the receiver's cache, the processor's totals, one tick's data).
 
-Targets (issue 2): at 1,000 processes a tick under 15 ms of CPU and at least 2x
-faster than psutil; RSS under 80 MB at 5,000 processes.
+The whole agent as a process, beside its peers, is measured by bench_agent.py.
 """
 
 from __future__ import annotations
 
 import gc
+import gzip
 import statistics
 import sys
 import time
@@ -27,9 +28,12 @@ from spawn import SleepingProcesses
 
 from otel_kepler.convert import AgentStats, Converter
 from otel_kepler.data import Batch, EnergyReading
+from otel_kepler.exporters.otlp.encoder import Encoder
+from otel_kepler.exporters.prometheus import render
 from otel_kepler.processors.attribution import AttributionConfig, AttributionProcessor
 from otel_kepler.receivers.procfs import ProcfsReceiver
-from otel_kepler.service import build_resource, settle_memory
+from otel_kepler.resource import node_resource
+from otel_kepler.service import settle_memory
 
 TICKS = 9
 INTERVAL = 5.0
@@ -43,9 +47,12 @@ class Tick:
         self.receiver.start()
         levels = AttributionConfig(levels=["node", "process", "container", "pod"])
         self.attribution = AttributionProcessor(levels, node_name="bench")
-        self.converter = Converter(build_resource("bench"), time.time_ns(), "bench")
-        self.parts = {"collect": 0.0, "attribute": 0.0, "convert": 0.0}
+        self.converter = Converter(node_resource("bench"), time.time_ns(), "bench")
+        self.encoder = Encoder()
+        self.parts = {"collect": 0.0, "attribute": 0.0, "convert": 0.0, "encode": 0.0}
+        self.render_seconds = 0.0
         self.points = 0
+        self.bytes = 0
 
     def run(self) -> None:
         t0 = time.process_time()
@@ -59,9 +66,19 @@ class Tick:
         t2 = time.process_time()
         data = self.converter.convert(batch, AgentStats())
         t3 = time.process_time()
-        self.parts = {"collect": t1 - t0, "attribute": t2 - t1, "convert": t3 - t2}
-        metrics = data.resource_metrics[0].scope_metrics[0].metrics
-        self.points = sum(len(m.data.data_points) for m in metrics)
+        body = gzip.compress(b"".join(p.data for p in self.encoder.encode(data)), 1)
+        t4 = time.process_time()
+        render([data])
+        t5 = time.process_time()
+        self.parts = {
+            "collect": t1 - t0,
+            "attribute": t2 - t1,
+            "convert": t3 - t2,
+            "encode": t4 - t3,
+        }
+        self.render_seconds = t5 - t4
+        self.points = data.point_count()
+        self.bytes = len(body)
 
 
 def median_ms(values: list[float]) -> float:
@@ -74,12 +91,14 @@ def measure(size: int) -> dict[str, float]:
         tick.run()  # the first tick reads every exe and cgroup once
         settle_memory()  # as the service does after its first tick
         tick.run()
-        parts: dict[str, list[float]] = {"collect": [], "attribute": [], "convert": []}
+        parts: dict[str, list[float]] = {name: [] for name in tick.parts}
+        renders = []
         totals = []
         for _ in range(TICKS):
             tick.run()
             for name, seconds in tick.parts.items():
                 parts[name].append(seconds)
+            renders.append(tick.render_seconds)
             totals.append(sum(tick.parts.values()))
         gc.collect()
         rss = rss_mib()
@@ -97,6 +116,9 @@ def measure(size: int) -> dict[str, float]:
             "collect": median_ms(parts["collect"]),
             "attribute": median_ms(parts["attribute"]),
             "convert": median_ms(parts["convert"]),
+            "encode": median_ms(parts["encode"]),
+            "render": median_ms(renders),
+            "bytes": tick.bytes,
             "tick": median_ms(totals),
             "psutil": median_ms(baseline),
             "rss": rss,
@@ -109,15 +131,18 @@ def main(argv: list[str]) -> None:
     print(f"python {sys.version.split()[0]}")
     header = (
         f"{'spawned':>8} {'in /proc':>8} {'points':>7} {'collect':>8} {'attrib':>8} "
-        f"{'convert':>8} {'tick':>8} {'psutil':>8} {'x psutil':>8} {'RSS':>7}"
+        f"{'convert':>8} {'encode':>8} {'us/pt':>6} {'gz KB':>6} {'render':>8} {'tick':>8} "
+        f"{'psutil':>8} {'x psutil':>8} {'RSS':>7}"
     )
     print(header)
     for size in sizes:
         r = measure(size)
         print(
             f"{r['spawned']:>8.0f} {r['seen']:>8.0f} {r['points']:>7.0f} {r['collect']:>8.2f} "
-            f"{r['attribute']:>8.2f} {r['convert']:>8.2f} {r['tick']:>8.2f} {r['psutil']:>8.2f} "
-            f"{r['psutil'] / r['collect']:>7.1f}x {r['rss']:>4.0f}MiB",
+            f"{r['attribute']:>8.2f} {r['convert']:>8.2f} {r['encode']:>8.2f} "
+            f"{r['encode'] * 1000 / max(1, r['points']):>6.2f} {r['bytes'] / 1024:>6.0f} "
+            f"{r['render']:>8.2f} {r['tick']:>8.2f} {r['psutil']:>8.2f} "
+            f"{r['tick'] / r['psutil']:>7.2f}x {r['rss']:>4.0f}MiB",
             flush=True,
         )
 

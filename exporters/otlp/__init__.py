@@ -114,7 +114,7 @@ class OtlpHttpExporter(_OtlpExporter):
         import requests
 
         if self.settings.gzip:
-            body = gzip.compress(body, compresslevel=6)
+            body = gzip.compress(body, compresslevel=1)  # speed over size, as the Collector
         try:
             response = self._session.post(
                 self.settings.url, data=body, timeout=self.settings.timeout
