@@ -35,6 +35,7 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
+from otel_kepler import endpoints
 from otel_kepler.component import ComponentError, Exporter, Factory, HostSettings
 from otel_kepler.metrics import MetricDesc
 from otel_kepler.schema import ConfigError, Duration
@@ -77,13 +78,9 @@ class PrometheusConfig:
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("endpoint", f'expected "host:port", got {endpoint!r}')
-    host = host.strip("[]")
-    if any(c in host for c in "/?#@ "):
-        raise ConfigError("endpoint", f"invalid host in {endpoint!r}")
-    return host or "0.0.0.0", int(port)
+    """``host:port`` to listen on; an empty host (``:9102``) means every interface."""
+    checked = endpoints.host_port(endpoint, None, field="endpoint", allow_empty_host=True)
+    return checked.host or "0.0.0.0", checked.port
 
 
 # -- rendering ------------------------------------------------------------------------

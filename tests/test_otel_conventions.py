@@ -302,6 +302,14 @@ def test_otel_exporter_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.headers == {"api-key": "s3cr=t", "x-team": "config-wins"}
     assert settings.timeout == 2.5
     assert settings.gzip
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=line%0Abreak")
+    with pytest.raises(ComponentError) as err:
+        create_http("otlphttp", OtlpHttpConfig(), HostSettings())
+    assert str(err.value) == (
+        "OTEL_EXPORTER_OTLP_HEADERS.api-key: the value has a line feed (LF) at position 4"
+    )
+    assert "break" not in str(err.value)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr%3Dt,x-team=energy")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://other:9999/custom")
     assert resolve_http(OtlpHttpConfig()).url == "http://other:9999/custom"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://other:9999")
@@ -312,7 +320,8 @@ def test_otel_exporter_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ComponentError) as err:
         create_http("otlphttp", OtlpHttpConfig(), HostSettings())
     assert str(err.value) == (
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: invalid port in 'http://other:99999' (1-65535)"
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: port must be a number 1 to 65535, "
+        "got 'http://other:99999'"
     )
 
 

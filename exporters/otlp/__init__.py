@@ -116,13 +116,11 @@ class OtlpHttpExporter(_OtlpExporter):
         if self.settings.gzip:
             body = gzip.compress(body, compresslevel=1)  # speed over size, as the Collector
         try:
-            response = self._session.post(
-                self.settings.url, data=body, timeout=self.settings.timeout
-            )
+            # timeout: the configured one, or less when shutdown's deadline is nearer
+            response = self._session.post(self.settings.url, data=body, timeout=timeout)
         except requests.Timeout:
             raise ExportError(
-                f"no answer from {self.settings.url} within {self.settings.timeout:g} s",
-                retryable=True,
+                f"no answer from {self.settings.url} within {timeout:.3g} s", retryable=True
             ) from None
         except requests.RequestException as err:
             raise ExportError(f"{self.settings.url}: {_reason(err)}", retryable=True) from None
@@ -251,6 +249,8 @@ def _reason(err: Exception) -> str:
     for marker in ("Connection refused", "Name or service not known", "Connection reset"):
         if marker in text:
             return marker.lower()
+    if "closed connection without response" in text:  # http.client's RemoteDisconnected
+        return "the connection was closed without an answer"
     return type(err).__name__
 
 

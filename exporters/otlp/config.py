@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 
+from otel_kepler import endpoints
 from otel_kepler.schema import ConfigError, Duration
 
 Temporality = Literal["cumulative", "delta"]
@@ -103,9 +103,8 @@ class _CommonConfig:
     sending_queue: SendingQueueConfig = field(default_factory=SendingQueueConfig)
     retry_on_failure: RetryConfig = field(default_factory=RetryConfig)
 
-    def _validate_common(self) -> None:
-        for name, value in self.headers.items():
-            check_header(f"headers.{name}", name, value)
+    def _validate_common(self, grpc: bool) -> None:
+        endpoints.check_headers(self.headers, field="headers", grpc=grpc)
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("timeout", "must be more than 0")
 
@@ -120,12 +119,9 @@ class OtlpGrpcConfig(_CommonConfig):
     )
 
     def validate(self) -> None:
-        self._validate_common()
+        self._validate_common(grpc=True)
         if self.endpoint is not None:
-            grpc_target(self.endpoint, "endpoint")
-        for name in self.headers:
-            if name != name.lower():
-                raise ConfigError(f"headers.{name}", "gRPC metadata keys must be lowercase")
+            endpoints.grpc_endpoint(self.endpoint, field="endpoint")
 
 
 @dataclass
@@ -140,63 +136,8 @@ class OtlpHttpConfig(_CommonConfig):
     )
 
     def validate(self) -> None:
-        self._validate_common()
+        self._validate_common(grpc=False)
         for name in ("endpoint", "metrics_endpoint"):
             url = getattr(self, name)
             if url is not None:
-                http_url(url, name)
-
-
-# -- validation shared with the environment --------------------------------------------
-
-
-def http_url(url: str, path: str) -> str:
-    """An http(s) URL with a host and, if given, a port in 1-65535."""
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(path, f"must be an http:// or https:// URL, got {url!r}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ConfigError(path, f"invalid port in {url!r} (1-65535)") from None
-    if not parts.hostname:
-        raise ConfigError(path, f"no host in {url!r}")
-    if port is not None and not 1 <= port <= 65535:
-        raise ConfigError(path, f"invalid port in {url!r} (1-65535)")
-    return url
-
-
-def grpc_target(endpoint: str, path: str) -> tuple[str, bool | None]:
-    """``host:port`` or ``http(s)://host:port`` -> (gRPC target, insecure from the scheme)."""
-    insecure: bool | None = None
-    value = endpoint
-    if "://" in endpoint:
-        http_url(endpoint, path)
-        parts = urlsplit(endpoint)
-        if parts.path not in ("", "/"):
-            raise ConfigError(path, f"a gRPC endpoint has no path, got {endpoint!r}")
-        insecure = parts.scheme == "http"
-        value = parts.netloc
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(path, f'expected "host:port" with a port in 1-65535, got {endpoint!r}')
-    bare = host.strip("[]")
-    if not bare or any(c in bare for c in "/?#@ ") or (":" in bare and not host.startswith("[")):
-        raise ConfigError(path, f"invalid host in {endpoint!r}")
-    return value, insecure
-
-
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def check_header(path: str, name: str, value: str) -> None:
-    """A header HTTP and gRPC metadata can carry; the value is never echoed (a secret)."""
-    if not name or any(c not in _TOKEN for c in name):
-        raise ConfigError(path, f"invalid header name {name!r}")
-    if not isinstance(value, str):
-        raise ConfigError(path, "a header value must be a string")
-    for c in value:
-        if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F or ord(c) > 0xFF:
-            raise ConfigError(path, "the header value has a character HTTP cannot carry")
-    if value != value.strip():
-        raise ConfigError(path, "the header value has leading or trailing white space")
+                endpoints.http_url(url, field=name)

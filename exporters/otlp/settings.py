@@ -15,14 +15,8 @@ from dataclasses import dataclass, field
 
 from opentelemetry.util.re import parse_env_headers
 
-from otel_kepler.exporters.otlp.config import (
-    OtlpGrpcConfig,
-    OtlpHttpConfig,
-    _CommonConfig,
-    check_header,
-    grpc_target,
-    http_url,
-)
+from otel_kepler import endpoints
+from otel_kepler.exporters.otlp.config import OtlpGrpcConfig, OtlpHttpConfig, _CommonConfig
 from otel_kepler.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -84,17 +78,17 @@ def temporality_preference(configured: str | None) -> str:
     return "cumulative"
 
 
-def _common(config: _CommonConfig) -> _Common:
+def _common(config: _CommonConfig, grpc: bool) -> _Common:
     headers: dict[str, str] = {}
     raw = env("HEADERS")
     if raw:
-        for name, value in parse_env_headers(raw, liberal=True).items():
-            try:
-                check_header(name, name, value)
-            except ConfigError as err:
-                raise ValueError(f"{_which('HEADERS')}: {err.message}") from None
-            headers[name] = value
-    headers.update(config.headers)
+        try:
+            headers = endpoints.check_headers(
+                dict(parse_env_headers(raw, liberal=True)), field=_which("HEADERS"), grpc=grpc
+            )
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+    headers.update(endpoints.check_headers(config.headers, grpc=grpc))
     timeout = 10.0
     if config.timeout is not None:
         timeout = float(config.timeout)
@@ -123,7 +117,7 @@ def _common(config: _CommonConfig) -> _Common:
 
 
 def resolve_http(config: OtlpHttpConfig) -> HttpSettings:
-    common = _common(config)
+    common = _common(config, grpc=False)
     if config.metrics_endpoint is not None:
         url = config.metrics_endpoint
     elif config.endpoint is not None:
@@ -138,7 +132,7 @@ def resolve_http(config: OtlpHttpConfig) -> HttpSettings:
 
 
 def resolve_grpc(config: OtlpGrpcConfig) -> GrpcSettings:
-    common = _common(config)
+    common = _common(config, grpc=True)
     endpoint = config.endpoint
     where = "endpoint"
     if endpoint is None:
@@ -147,9 +141,11 @@ def resolve_grpc(config: OtlpGrpcConfig) -> GrpcSettings:
     if endpoint is None:
         endpoint, where = "http://localhost:4317", "the default endpoint"
     try:
-        target, insecure = grpc_target(endpoint, where)
+        checked = endpoints.grpc_endpoint(endpoint, field=where)
     except ConfigError as err:
-        raise ValueError(f"{where}: {err.message}") from None
+        raise ValueError(str(err)) from None
+    target = checked.hostport
+    insecure = None if checked.secure is None else not checked.secure
     if config.tls.insecure is not None:
         insecure = config.tls.insecure
     elif insecure is None:
@@ -158,13 +154,13 @@ def resolve_grpc(config: OtlpGrpcConfig) -> GrpcSettings:
             insecure = flag.lower() == "true"
         else:  # no scheme: TLS when a CA or client certificate is configured
             insecure = not (common.ca_file or common.cert_file)
-    metadata = tuple((k.lower(), v) for k, v in common.headers.items())
+    metadata = tuple(common.headers.items())
     return GrpcSettings(**common.__dict__, target=target, insecure=insecure, metadata=metadata)
 
 
 def _checked_url(url: str, variable: str) -> str:
     try:
-        checked: str = http_url(url, variable)
-        return checked
+        endpoints.http_url(url, field=variable)
     except ConfigError as err:
-        raise ValueError(f"{variable}: {err.message}") from None
+        raise ValueError(str(err)) from None
+    return url
