@@ -13,7 +13,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY otel_kepler/ otel_kepler/
 COPY receivers/ receivers/
 COPY processors/ processors/
@@ -21,7 +21,8 @@ COPY exporters/ exporters/
 RUN python3 -m venv /build && /build/bin/pip install --no-cache-dir --upgrade pip \
  && /build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
-# ---- the agent
+# ---- the agent: the wheel and its dependencies at the versions pinned in
+# requirements/constraints.txt (scripts/pin-constraints.sh writes it; make constraints)
 FROM ${DEBIAN}
 # python3-bpfcc is bcc's Python binding for Debian's Python 3.11; the agent's virtual environment
 # sees it through --system-site-packages. ipmitool is not needed (pyghmi speaks IPMI itself).
@@ -29,8 +30,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-bpfcc ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /dist/ /tmp/dist/
+COPY requirements/constraints.txt /tmp/dist/
 RUN python3 -m venv --system-site-packages /opt/otel-kepler \
- && /opt/otel-kepler/bin/pip install --no-cache-dir /tmp/dist/otel_kepler-*.whl \
+ && /opt/otel-kepler/bin/pip install --no-cache-dir --disable-pip-version-check --upgrade pip \
+ && /opt/otel-kepler/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --constraint /tmp/dist/constraints.txt /tmp/dist/otel_kepler-*.whl \
  && rm -rf /tmp/dist \
  && ln -s /opt/otel-kepler/bin/otel-kepler /usr/local/bin/otel-kepler \
  && /opt/otel-kepler/bin/python -c "import bcc, otel_kepler" \
