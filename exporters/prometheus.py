@@ -78,9 +78,16 @@ class PrometheusConfig:
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` to listen on; an empty host (``:9102``) means every interface."""
+    """``host:port`` to listen on; an empty host (``:9102``) means every interface.
+
+    Port 0 asks the system for a free port (the one taken is logged).
+    """
+    host, sep, port = endpoint.rpartition(":")
+    ephemeral = bool(sep) and port == "0"
+    if ephemeral:
+        endpoint = f"{host}:1"
     checked = endpoints.host_port(endpoint, None, field="endpoint", allow_empty_host=True)
-    return checked.host or "0.0.0.0", checked.port
+    return checked.host or "0.0.0.0", 0 if ephemeral else checked.port
 
 
 # -- rendering ------------------------------------------------------------------------
