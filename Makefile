@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 # editable-install notice); errors still show.
 PIP := $(PY) -m pip --quiet --quiet --disable-pip-version-check --no-input
 
-.PHONY: run test test-deps lint typecheck bench gpu-check image wheel-check constraints clean
+.PHONY: run test test-deps lint typecheck bench bench-deps gpu-check image wheel-check constraints clean
 
 # The agent and its runtime dependencies, nothing else (about 230 MB): all `make run` needs.
 # Editable, so edits to the sources take effect without reinstalling; --no-compile, so Python
@@ -49,7 +49,15 @@ typecheck: $(VENV)/.test-installed
 test: $(VENV)/.test-installed test-deps lint typecheck
 	$(VENV)/bin/pytest -q
 
-bench: $(VENV)/.test-installed
+# What the whole-agent benchmark runs beside the agent: Debian's prometheus-node-exporter
+# (unpacked into .cache/peers, no service started) and py-spy for its profile.
+bench-deps: $(VENV)/.installed
+	bash bench/install-bench-deps.sh
+
+# The whole agent first (bench_agent.py: about 25 minutes, BENCH_QUICK=1 about 5; root adds the
+# eBPF mode), then each part on its own.
+bench: $(VENV)/.test-installed bench-deps
+	$(PY) bench/bench_agent.py
 	$(PY) bench/bench_tick.py
 	$(PY) bench/bench_procfs.py
 	$(PY) bench/bench_nvml.py
