@@ -6,6 +6,8 @@ debug exporter does.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from opentelemetry.sdk.metrics.export import MetricsData, NumberDataPoint
 from otel_kepler.component import Exporter, Factory, HostSettings
 from otel_kepler.schema import ConfigError
 from otel_kepler.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,18 +63,34 @@ def _label(name: str, attrs: dict[str, str]) -> str:
     return f"pod      {ns + '/' if ns else ''}{shown}"
 
 
+def _silence(stream: TextIO) -> None:
+    """Point a closed standard output at /dev/null, so that exit does not fail flushing it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 class DebugExporter(Exporter):
     def __init__(self, config: DebugConfig, stream: TextIO | None = None) -> None:
         self.config = config
         self.stream = stream or sys.stdout
+        self.closed = False  # the reader went away (``otel-kepler run | head``)
 
     def export(self, snapshot: Snapshot, pipeline: str, timeout: float | None = None) -> None:
+        if self.closed:
+            return
         data = snapshot.to_metrics_data()
-        if self.config.verbosity == "detailed":
-            self.stream.write(data.to_json(indent=None) + "\n")
-        else:
-            self.stream.write(self.table(data))
-        self.stream.flush()
+        text = data.to_json(indent=None) + "\n" if self.config.verbosity == "detailed" else ""
+        try:
+            self.stream.write(text or self.table(data))
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed = True
+            log.info("debug exporter: standard output was closed; it prints no more")
+            _silence(self.stream)
 
     def table(self, data: MetricsData) -> str:
         points = _points(data)

@@ -227,3 +227,12 @@ def test_log_level_warn_and_json_logs(tmp_path: Path) -> None:
             "exporters.debug/spare: is defined but no pipeline uses it (it is not started)",
         )
     ]
+
+
+def test_run_with_a_closed_pipe_stops_printing_and_keeps_measuring(good: Path) -> None:
+    """``otel-kepler run | head``: the console table stops, one line says so, no traceback."""
+    code, stderr = closed_stdout("run", "--config", str(good), "--duration", "1500ms")
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    closed = [line for line in stderr.splitlines() if "standard output was closed" in line]
+    assert len(closed) == 1, stderr
