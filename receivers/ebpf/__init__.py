@@ -18,23 +18,27 @@ kernel that refuses it) ``start()`` names what is missing; with ``fallback: proc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Literal
 
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
-from otel_kepler.data import Contribution
+from otel_kepler.data import NO_WORKLOAD, Contribution, IoCounters, ProcessSample
 from otel_kepler.receivers.procfs import ProcfsConfig, ProcfsReceiver
+from otel_kepler.receivers.procfs.activity import ActivityReader
 from otel_kepler.receivers.procfs.reader import ProcessReader
 from otel_kepler.receivers.procfs.stat import StatError, UsageRatio, read_cpu_times, start_error
 from otel_kepler.schema import ConfigError
 
 from . import program
-from .cgroups import CgroupResolver, cgroup2_mount
+from .cgroups import CgroupResolver, cgroup2_mount, workload_of
 from .host import ProcHost, legacy_cpu_hierarchy
+from .io_probe import IoDrained, IoProbe
 from .loader import TRACEPOINTS, KernelPaths, Probe, hardware_counters, prerequisites
 from .tracker import Tracker
 
@@ -72,9 +76,27 @@ class EbpfConfig:
             "exposes them (most VMs do not: then CPU time only)"
         },
     )
+    softirqs: bool = field(
+        default=True,
+        metadata={
+            "doc": "count NET_TX, NET_RX and BLOCK softirqs per process from "
+            "irq:softirq_entry, as Kepler did (who was on the CPU when they ran)"
+        },
+    )
+    network: bool = field(
+        default=True,
+        metadata={
+            "doc": "network bytes per cgroup from socket-buffer programs on the cgroup v2 "
+            "root (ingress and egress); where they cannot attach, each pod network "
+            "namespace's interface counters (procfs.activity.network)"
+        },
+    )
     procfs: ProcfsConfig = field(
         default_factory=ProcfsConfig,
-        metadata={"doc": "the procfs reader's settings, used by the fallback"},
+        metadata={
+            "doc": "the procfs reader's settings, used by the fallback; its activity "
+            "settings (process io, cgroup block bytes) apply in eBPF mode too"
+        },
     )
 
     def validate(self) -> None:
@@ -111,11 +133,17 @@ class EbpfReceiver(Receiver):
         self._dropped = [0, 0]  # usage, events: the counts already warned about
         self._warned_at = [-WARN_EVERY_S, -WARN_EVERY_S]
         self._fallback = (
-            ProcfsReceiver(host.procfs, config.procfs.keep_open)
+            ProcfsReceiver(host.procfs, config.procfs.keep_open, config.procfs.activity)
             if config.fallback == "procfs"
             else None
         )
         self.using_fallback = False
+        self.io: IoProbe | None = None
+        self.io_off: str | None = None  # why the I/O programs are not loaded
+        self.activity: ActivityReader | None = None
+        self._resolver: CgroupResolver | None = None
+        self._net_paths: dict[int, str] = {}  # cgroup id -> path, for the byte counters
+        self._first = True
 
     def start(self) -> None:
         try:
@@ -144,6 +172,7 @@ class EbpfReceiver(Receiver):
         self.probe = Probe(bcc, self.config.max_processes, self.paths, counters, self.source)
         try:
             self.tracker = Tracker(self._host())
+            self._start_io(bcc)
             reader = ProcessReader(self.procfs, keep_open=False)
             self.tracker.seed(reader.scan(None))  # after attaching: nobody falls in between
             self._ratio.update()
@@ -160,7 +189,37 @@ class EbpfReceiver(Receiver):
 
     def _host(self) -> ProcHost:
         mount = cgroup2_mount(prefer=os.path.join(self.sysfs, "fs", "cgroup"))
-        return ProcHost(self.procfs, CgroupResolver(mount), legacy_cpu_hierarchy())
+        self._resolver = CgroupResolver(mount)
+        return ProcHost(self.procfs, self._resolver, legacy_cpu_hierarchy())
+
+    def _start_io(self, bcc: ModuleType) -> None:
+        """The softirq and socket-buffer programs; where they cannot load, say why once
+        and read what procfs can (network from the pod network namespaces)."""
+        config = self.config
+        root = self._resolver.mount if self._resolver is not None else None
+        want_net = config.network and root is not None
+        if config.network and root is None:
+            self.io_off = "no cgroup2 hierarchy mounted: no socket-buffer programs"
+        if config.softirqs or want_net:
+            try:
+                self.io = IoProbe(
+                    bcc,
+                    config.max_processes,
+                    config.softirqs,
+                    root if want_net else None,
+                )
+            except ComponentError as err:
+                self.io_off = str(err)
+        if self.io_off is not None:
+            log.warning(
+                "%s: %s; network bytes from the pod network namespaces", self.name, self.io_off
+            )
+        activity = dataclasses.replace(
+            self.config.procfs.activity,
+            network=self.config.procfs.activity.network
+            and (self.io is None or not self.io.network),
+        )
+        self.activity = ActivityReader(self.procfs, activity)
 
     def collect(self) -> Contribution:
         if self.using_fallback and self._fallback is not None:
@@ -169,14 +228,78 @@ class EbpfReceiver(Receiver):
         if self.probe is None or self.tracker is None:
             raise ComponentError(f"{self.name}: collect() before start()")
         drained = self.probe.drain()
+        io = self.io.read() if self.io is not None else None
         processes, exited = self.tracker.update(drained)
+        container_io: dict[str, IoCounters] = {}
+        pod_io: dict[str, IoCounters] = {}
+        if self.activity is not None:
+            container_io, pod_io = self.activity.read(processes, self._first)
+        self._first = False
+        if io is not None:
+            exited = self._add_io(io, processes, exited, container_io, pod_io)
         self._warn_full(0, drained.dropped_usage, "context switches were not counted")
         self._warn_full(1, drained.dropped_events, "exits or execs were not recorded")
         try:
             ratio = self._ratio.update()
         except StatError as err:
             raise ComponentError(str(err)) from None
-        return Contribution(processes=processes, exited=exited, cpu_usage_ratio=ratio)
+        return Contribution(
+            processes=processes,
+            exited=exited,
+            cpu_usage_ratio=ratio,
+            container_io=container_io,
+            pod_io=pod_io,
+        )
+
+    def _add_io(
+        self,
+        io: IoDrained,
+        processes: dict[int, ProcessSample],
+        exited: list[ProcessSample],
+        container_io: dict[str, IoCounters],
+        pod_io: dict[str, IoCounters],
+    ) -> list[ProcessSample]:
+        """Softirq counts onto this tick's samples (copies: the tracker keeps its own),
+        byte counters of cgroups onto their containers and pods."""
+        if io.softirqs:
+            ended = {s.pid: i for i, s in enumerate(exited)}
+            for tgid, (tx, rx, block) in io.softirqs.items():
+                sample = processes.get(tgid)
+                if sample is not None:
+                    processes[tgid] = dataclasses.replace(
+                        sample, net_tx_irq=tx, net_rx_irq=rx, block_irq=block
+                    )
+                elif tgid in ended:
+                    i = ended[tgid]
+                    exited[i] = dataclasses.replace(
+                        exited[i], net_tx_irq=tx, net_rx_irq=rx, block_irq=block
+                    )
+        mount = self._resolver.mount if self._resolver is not None else None
+        if mount is None or not io.net:
+            return exited
+        paths = self._net_paths
+        if any(cgroup_id not in paths for cgroup_id in io.net):
+            paths = self._net_paths = cgroup_paths(mount)  # one walk, only for new ids
+        gone = []
+        for cgroup_id, (rx, tx) in io.net.items():
+            path = paths.get(cgroup_id)
+            if path is None:  # removed: its last bytes were reported while it lived
+                gone.append(cgroup_id)
+                continue
+            workload = workload_of(path)
+            if workload is NO_WORKLOAD:
+                continue
+            targets = []
+            if workload.container_id:
+                targets.append(container_io.setdefault(workload.container_id, IoCounters()))
+            if workload.pod_id:
+                targets.append(pod_io.setdefault(workload.pod_id, IoCounters()))
+            for counters in targets:
+                counters.rx_bytes = max(counters.rx_bytes, 0) + rx
+                counters.tx_bytes = max(counters.tx_bytes, 0) + tx
+        if gone and self.io is not None:
+            self.io.forget_cgroups(gone)
+        return exited
 
     def _warn_full(self, which: int, count: int, what: str) -> None:
         new = count - self._dropped[which]
@@ -197,12 +320,37 @@ class EbpfReceiver(Receiver):
         )
 
     def shutdown(self) -> None:
+        io, self.io = self.io, None
+        if io is not None:
+            io.close()
         probe, self.probe = self.probe, None
         if probe is not None:
             probe.close()
             log.info("%s: BPF program detached", self.name)
         if self.using_fallback and self._fallback is not None:
             self._fallback.shutdown()
+
+
+def cgroup_paths(mount: str) -> dict[int, str]:
+    """Every cgroup under the cgroup2 ``mount``: id (directory inode) -> path ("/a/b")."""
+    found: dict[int, str] = {}
+    try:
+        found[os.stat(mount).st_ino] = "/"
+    except OSError:
+        return found
+    pending = [(mount, "")]
+    while pending:
+        directory, relative = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue  # removed meanwhile
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                path = f"{relative}/{entry.name}"
+                found[entry.inode()] = path
+                pending.append((entry.path, path))
+    return found
 
 
 def doctor(host: HostSettings) -> Availability:

@@ -15,10 +15,11 @@ from otel_kepler.component import (
 )
 from otel_kepler.data import Contribution, ProcessSample
 
+from .activity import ActivityConfig, ActivityReader
 from .reader import ProcessReader, raise_fd_limit, read_exe, read_small
 from .stat import StatError, UsageRatio, read_cpu_times, start_error
 
-__all__ = ["ProcfsConfig", "ProcfsReceiver", "doctor", "factory"]
+__all__ = ["ActivityConfig", "ProcfsConfig", "ProcfsReceiver", "doctor", "factory"]
 
 
 @dataclass
@@ -37,6 +38,10 @@ class ProcfsConfig:
             "process (the soft open-files limit is raised towards 65536 at start)"
         },
     )
+    activity: ActivityConfig = field(
+        default_factory=ActivityConfig,
+        metadata={"doc": "storage and network activity per process, container and pod"},
+    )
 
 
 class ProcfsReceiver(Receiver):
@@ -49,9 +54,12 @@ class ProcfsReceiver(Receiver):
     ``cpu_delta`` 0.
     """
 
-    def __init__(self, procfs: str = "/proc", keep_open: bool = True) -> None:
+    def __init__(
+        self, procfs: str = "/proc", keep_open: bool = True, activity: ActivityConfig | None = None
+    ) -> None:
         self.procfs = procfs
         self._reader = ProcessReader(procfs, keep_open)
+        self.activity = ActivityReader(procfs, activity)
         self._ratio = UsageRatio(procfs)
         self._previous: dict[int, ProcessSample] | None = None
 
@@ -67,6 +75,7 @@ class ProcfsReceiver(Receiver):
         previous = self._previous
         processes = self._reader.scan(previous)
         self._previous = processes
+        container_io, pod_io = self.activity.read(processes, previous is None)
         try:
             ratio = self._ratio.update()
         except StatError as err:
@@ -76,6 +85,8 @@ class ProcfsReceiver(Receiver):
             exited=_exited(previous, processes),
             cpu_usage_ratio=ratio,
             node_cpu_seconds=self._ratio.busy_seconds,
+            container_io=container_io,
+            pod_io=pod_io,
         )
 
     def shutdown(self) -> None:
@@ -186,7 +197,7 @@ def _has_capability(procfs: str, bit: int) -> bool:
 
 
 def _create(name: str, config: ProcfsConfig, host: HostSettings) -> ProcfsReceiver:
-    return ProcfsReceiver(host.procfs, config.keep_open)
+    return ProcfsReceiver(host.procfs, config.keep_open, config.activity)
 
 
 factory: Factory[ProcfsConfig, ProcfsReceiver] = Factory(
