@@ -97,7 +97,7 @@ def bench(count: int, state: Path) -> None:
     quiet_ms = median_ms(receiver.collect, quiet, TICKS)
     busy_ms = median_ms(receiver.collect, busy, TICKS)
     part = receiver.collect()
-    assert len(part.gpus) == count and part.rejected == 0
+    assert len(part.gpus) == count and not part.rejected
 
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     calls: dict[str, Callable[[], object]] = {
