@@ -336,3 +336,15 @@ def test_factory(tree: SysfsTree, clock: FakeClock) -> None:
     assert (reading.component, reading.zone, reading.source) == ("platform", "platform", "acpi")
     assert 0 < reading.joules < 90.0
     receiver.shutdown()
+
+
+def test_unreadable_meter_readings_are_counted_by_reason(tree: SysfsTree, clock: FakeClock) -> None:
+    meter = tree.power_meter(watts=200.0)
+    receiver = started(tree, clock)
+    for text, reason in (("N/A", "not_a_number"), ("", "empty")):
+        meter.set("power1_average", text)
+        part = tick(receiver, clock, 2.0)
+        assert (part.rejected, part.energy) == ({reason: 1}, [])
+    meter.set("power1_average", 200_000_000)
+    part = tick(receiver, clock, 2.0)
+    assert (part.rejected, joules(part)) == ({}, {"platform": 400.0})
