@@ -245,6 +245,7 @@ class ExporterWorker:
         for data, pipeline in waiting:
             by_pipeline.setdefault(pipeline, []).append(data)
         skipped = 0
+        failed = self.failed  # a batch not sent now is counted once: as dropped, not failed
         for pipeline, batches in by_pipeline.items():
             *older, newest = batches
             for data in older:
@@ -256,6 +257,7 @@ class ExporterWorker:
                     skipped += 1
             if time.monotonic() >= deadline or not self._deliver(newest, pipeline, deadline):
                 skipped += 1
+        self.failed = failed
         if skipped:
             self.dropped += skipped
             log.warning("exporter %s: %d batches not sent at shutdown", self.id, skipped)

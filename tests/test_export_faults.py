@@ -1,0 +1,424 @@
+"""Push exporters against backends that fail on purpose, answer by answer.
+
+The service runs in this process with its real parts (a RAPL fixture tree, this
+machine's /proc where workloads are needed, attribution, conversion, the exporter
+worker and the OTLP/HTTP or OTLP/gRPC exporter); ticks are driven by hand. The
+backend is a real OTLP server (tests/peers.py) told what to answer to each call:
+a permanent refusal, a throttle with Retry-After or RetryInfo, server errors, a
+size limit, a hang, a closed connection. Each test asserts what arrived, how
+many calls were made, the gaps between them, the failed-batches counter and the
+exact lines logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from otel_kepler.config import parse
+from otel_kepler.exporting import ExporterWorker
+from otel_kepler.registry import default_registry
+from otel_kepler.service import Service
+from tests.peers import Answer, ExportCall, OtlpGrpcSink, OtlpHttpSink, attributes_dict
+from tests.sysfs_fixtures import RaplTree
+
+EXPORTING = "otel_kepler.exporting"
+JOULES = "kepler.node.cpu.joules"
+FAILED = "otel_kepler.agent.exporter.failed.batches"
+INITIAL = 0.1  # retry_on_failure.initial_interval in these tests
+RECOVERED = re.compile(r"export recovered after \d+ s \((\d+) failed attempts\)$")
+
+Sink = OtlpHttpSink | OtlpGrpcSink
+
+
+@dataclass
+class Agent:
+    """A started service, the tree whose energy it reads, and its one push exporter."""
+
+    service: Service
+    tree: RaplTree
+    sink: Sink
+    exporter: str  # otlphttp or otlp
+
+    @property
+    def worker(self) -> ExporterWorker:
+        return self.service.workers[self.exporter]
+
+    def tick(self, joules: float = 10.0) -> None:
+        self.tree.advance("intel-rapl:0", joules)
+        self.service.tick()
+
+    @property
+    def where(self) -> str:
+        """How the exporter's log lines name the backend."""
+        if isinstance(self.sink, OtlpHttpSink):
+            return self.sink.metrics_url
+        return self.sink.endpoint
+
+
+def exporter_config(sink: Sink, timeout: str = "2s") -> tuple[str, str]:
+    retry = f"retry_on_failure: {{initial_interval: {INITIAL}s, max_interval: 2s}}"
+    if isinstance(sink, OtlpHttpSink):
+        return "otlphttp", (
+            f"otlphttp: {{metrics_endpoint: '{sink.metrics_url}', timeout: {timeout}, {retry}}}"
+        )
+    return "otlp", (
+        f"otlp: {{endpoint: '{sink.endpoint}', tls: {{insecure: true}}, timeout: {timeout}, "
+        f"{retry}}}"
+    )
+
+
+def start_agent(
+    tmp_path: Path, sink: Sink, *, processes: bool = False, timeout: str = "2s"
+) -> Agent:
+    tree = RaplTree(tmp_path / "sys")
+    tree.add_socket()
+    name, exporter = exporter_config(sink, timeout)
+    receivers = "[rapl, procfs]" if processes else "[rapl]"
+    levels = "[node, process]" if processes else "[node]"
+    text = f"""
+host: {{sysfs: {tree.sysfs}, node_name: n1}}
+receivers: {{rapl: {{max_watts: 1.0e+12}}, procfs: {{}}}}
+processors: {{attribution: {{levels: {levels}}}}}
+exporters:
+  {exporter}
+service:
+  interval: 1s
+  pipelines:
+    metrics: {{receivers: {receivers}, processors: [attribution], exporters: [{name}]}}
+"""
+    service = Service(parse(text, default_registry()))
+    service.start()
+    return Agent(service, tree, sink, name)
+
+
+@pytest.fixture(params=["http", "grpc"])
+def sink(request: pytest.FixtureRequest) -> Iterator[Sink]:
+    with OtlpHttpSink() if request.param == "http" else OtlpGrpcSink() as peer:
+        yield peer
+
+
+@pytest.fixture
+def agent(tmp_path: Path, sink: Sink) -> Iterator[Agent]:
+    started = start_agent(tmp_path, sink)
+    try:
+        started.service.tick()  # primes the energy counters; delivered at once
+        sink.wait_for_requests(1)
+        yield started
+    finally:
+        started.service.shutdown()
+
+
+def exporting_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the exporter logged at the agent's default level (info)."""
+    return [
+        r.getMessage() for r in caplog.records if r.name == EXPORTING and r.levelno >= logging.INFO
+    ]
+
+
+def wait_until(ready: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def wait_recovered(caplog: pytest.LogCaptureFixture) -> None:
+    """The worker logs its recovery just after the backend recorded the accepted call."""
+    wait_until(lambda: any(RECOVERED.search(line) for line in exporting_lines(caplog)))
+
+
+def last_value(sink: Sink, name: str, **attributes: str) -> float:
+    points = [p for p in sink.metric_points(name) if attributes.items() <= p.attributes.items()]
+    assert points, f"no {name}{attributes} arrived"
+    return float(points[-1].value)
+
+
+def gaps(calls: list[ExportCall]) -> list[float]:
+    return [b.received_at - a.received_at for a, b in zip(calls, calls[1:], strict=False)]
+
+
+# -- permanent refusals ------------------------------------------------------------------
+
+
+PERMANENT = {"http": (401, "HTTP 401 from {where}"), "grpc": (grpc.StatusCode.INVALID_ARGUMENT,
+             "gRPC INVALID_ARGUMENT from {where}: bad data")}  # fmt: skip
+
+
+def test_a_permanent_refusal_drops_the_batch_once_counted_and_logged(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 / INVALID_ARGUMENT: no retry, one failed batch, one line; the next batch's
+    cumulative totals carry the energy of the dropped one."""
+    kind = "http" if isinstance(agent.sink, OtlpHttpSink) else "grpc"
+    status, text = PERMANENT[kind]
+    agent.sink.respond_sequence(Answer.error(status, message="bad data"))
+    with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+        agent.tick(10.0)
+        wait_until(lambda: agent.worker.failed == 1)
+        time.sleep(4 * INITIAL * 1.5)  # a retry, if there were one, would come in this time
+        agent.tick(10.0)
+        agent.sink.wait_for_requests(2)
+        wait_recovered(caplog)
+    outcomes = [c.outcome for c in agent.sink.calls]
+    assert outcomes == ["ok", "error", "ok"]  # the refused batch was sent exactly once
+    assert agent.worker.failed == 1
+    assert last_value(agent.sink, FAILED, exporter=agent.exporter) == 1
+    assert last_value(agent.sink, JOULES, zone="package") == pytest.approx(20.0, rel=1e-4)
+    lines = exporting_lines(caplog)
+    assert lines[0] == (
+        f"exporter {agent.exporter}: export failing (dropping the batch): "
+        + text.format(where=agent.where)
+    )
+    assert len(lines) == 2 and RECOVERED.search(lines[1]), lines
+    assert RECOVERED.search(lines[1]).group(1) == "1"  # type: ignore[union-attr]
+
+
+# -- retryable failures ------------------------------------------------------------------
+
+
+RETRYABLE = {
+    "http": [Answer.error(500), Answer.error(503), Answer.error(500)],
+    "grpc": [Answer.error(grpc.StatusCode.UNAVAILABLE)] * 3,
+}
+FIRST_REASON = {"http": "HTTP 500 from {where}", "grpc": "gRPC UNAVAILABLE from {where}: m"}
+
+
+def test_server_errors_are_retried_with_backoff_then_delivered(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500/503 and UNAVAILABLE: retried with growing waits; the batch then arrives; one
+    line when failing starts, one when it recovers; a batch that got through is not failed."""
+    kind = "http" if isinstance(agent.sink, OtlpHttpSink) else "grpc"
+    answers = [Answer.error(a.status, message="m") for a in RETRYABLE[kind]]
+    agent.sink.respond_sequence(*answers)
+    with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+        agent.tick(10.0)
+        agent.sink.wait_for_requests(2, timeout=20)
+        agent.tick(10.0)
+        agent.sink.wait_for_requests(3)
+        wait_recovered(caplog)
+    calls = agent.sink.calls
+    assert [c.outcome for c in calls] == ["ok", "error", "error", "error", "ok", "ok"]
+    # Exponential backoff with 50% jitter: attempt n waits at least 0.5 * 0.1 * 1.5**n.
+    waits = gaps(calls[1:5])
+    for n, wait in enumerate(waits):
+        assert wait >= 0.5 * INITIAL * 1.5**n, waits
+    assert calls[4].request == calls[1].request  # the same batch, retried
+    totals = [
+        p.value for p in agent.sink.metric_points(JOULES) if p.attributes["zone"] == "package"
+    ]
+    assert totals == pytest.approx([10.0, 20.0], rel=1e-4)
+    assert last_value(agent.sink, FAILED, exporter=agent.exporter) == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"exporter {agent.exporter}: export failing (retrying): "
+        + FIRST_REASON[kind].format(where=agent.where)
+    ]
+    recovered = [line for line in exporting_lines(caplog) if RECOVERED.search(line)]
+    assert len(recovered) == 1
+    assert RECOVERED.search(recovered[0]).group(1) == "3"  # type: ignore[union-attr]
+
+
+def test_a_throttle_is_waited_out_as_long_as_the_backend_asks(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HTTP 429 with Retry-After: 1 and gRPC RESOURCE_EXHAUSTED with RetryInfo 1 s: the next
+    attempt comes no sooner, though the backoff alone would have retried after 0.1 s."""
+    if isinstance(agent.sink, OtlpHttpSink):
+        throttle = Answer.error(429, retry_after=1)
+        reason = f"HTTP 429 from {agent.where}"
+    else:
+        throttle = Answer.error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=1, message="slow")
+        reason = f"gRPC RESOURCE_EXHAUSTED from {agent.where}: slow"
+    agent.sink.respond_sequence(throttle)
+    with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+        agent.tick(10.0)
+        agent.sink.wait_for_requests(2)
+        wait_recovered(caplog)
+    calls = agent.sink.calls
+    assert [c.outcome for c in calls] == ["ok", "error", "ok"]
+    assert calls[2].received_at - calls[1].received_at >= 1.0
+    assert last_value(agent.sink, JOULES, zone="package") == pytest.approx(10.0, rel=1e-4)
+    lines = exporting_lines(caplog)
+    assert lines[0] == f"exporter {agent.exporter}: export failing (retrying): {reason}"
+    assert len(lines) == 2 and RECOVERED.search(lines[1]), lines
+
+
+def test_a_hung_backend_times_out_and_is_retried_while_ticks_go_on(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first answer never comes: the request times out after the exporter's timeout
+    (1 s) and is retried; meanwhile the service keeps ticking, each tick taking far less
+    than the hang (its own tick-duration gauge), and the newest totals arrive."""
+    agent = start_agent(tmp_path, sink, timeout="1s")
+    try:
+        agent.service.tick()
+        sink.wait_for_requests(1)
+        sink.respond_sequence(Answer.hang(30.0))
+        with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+            began = time.monotonic()
+            ticks = 0
+            while time.monotonic() - began < 2.0:  # ticks while the first request hangs
+                agent.tick(10.0)
+                ticks += 1
+                time.sleep(0.1)
+            sink.wait_for_requests(2, timeout=20)
+            wait_recovered(caplog)
+    finally:
+        agent.service.shutdown()
+    calls = sink.calls
+    assert calls[1].outcome == "hang"
+    assert calls[2].received_at - calls[1].received_at >= 1.0  # waited for the timeout
+    # The newest batch superseded the hung one: the last totals are all the energy.
+    assert last_value(sink, JOULES, zone="package") == pytest.approx(10.0 * ticks, rel=1e-4)
+    durations = [p.value for p in sink.metric_points("otel_kepler.agent.tick.duration")]
+    assert max(durations) < 1.0  # no tick waited for the hung request
+    assert ticks >= 5
+    expected = (
+        f"no answer from {agent.where} within 1 s"
+        if isinstance(sink, OtlpHttpSink)
+        else f"gRPC DEADLINE_EXCEEDED from {agent.where}: Deadline Exceeded"
+    )
+    lines = exporting_lines(caplog)
+    assert lines[0] == f"exporter {agent.exporter}: export failing (retrying): {expected}"
+    assert sum(bool(RECOVERED.search(line)) for line in lines) == 1
+
+
+def test_a_connection_closed_without_an_answer_is_retried(
+    tmp_path: Path, otlp_http_sink: OtlpHttpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backend reads the request and closes the connection: retried, then delivered."""
+    agent = start_agent(tmp_path, otlp_http_sink)
+    try:
+        agent.service.tick()
+        otlp_http_sink.wait_for_requests(1)
+        otlp_http_sink.respond_sequence(Answer.close(), Answer.close())
+        with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+            agent.tick(10.0)
+            otlp_http_sink.wait_for_requests(2)
+            wait_recovered(caplog)
+    finally:
+        agent.service.shutdown()
+    assert [c.outcome for c in otlp_http_sink.calls] == ["ok", "close", "close", "ok"]
+    assert last_value(otlp_http_sink, JOULES, zone="package") == pytest.approx(10.0, rel=1e-4)
+    lines = exporting_lines(caplog)
+    assert lines[0] == (
+        "exporter otlphttp: export failing (retrying): "
+        f"{agent.where}: the connection was closed without an answer"
+    )
+    assert len(lines) == 2 and RECOVERED.search(lines[1]).group(1) == "2"  # type: ignore[union-attr]
+
+
+# -- size limits -------------------------------------------------------------------------
+
+
+def resource_key(rm: object) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(attributes_dict(rm.resource.attributes).items()))  # type: ignore[attr-defined]
+
+
+def test_a_batch_too_large_is_split_and_every_resource_arrives_once(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HTTP 413 / gRPC RESOURCE_EXHAUSTED without RetryInfo, for any request of more than
+    a quarter of this machine's processes: the batch is halved until each part fits; the
+    accepted parts hold every resource of the refused batch exactly once, byte for byte."""
+    agent = start_agent(tmp_path, sink, processes=True)
+    try:
+        agent.service.tick()
+        agent.tick(10.0)
+        sink.wait_for_requests(2)
+        first = sink.requests[-1]
+        limit = max(2, len(first.resource_metrics) // 4)
+        sink.clear()
+        sink.respond_sequence(then=Answer.too_large(limit))
+        with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+            agent.tick(10.0)
+            refused = sink.wait_for_calls(1)[0]
+            want = {resource_key(rm) for rm in refused.request.resource_metrics}
+
+            def arrived() -> list[object]:
+                return [rm for r in sink.requests for rm in r.resource_metrics]
+
+            wait_until(lambda: {resource_key(rm) for rm in arrived()} >= want, timeout=60)
+            time.sleep(0.5)  # nothing more comes
+    finally:
+        agent.service.shutdown()
+    calls = sink.calls
+    n = len(refused.request.resource_metrics)
+    assert n > 8 and refused.outcome == "error"
+    sent = {resource_key(rm): rm.SerializeToString() for rm in refused.request.resource_metrics}
+    assert len(sent) == n
+    keys = [resource_key(rm) for rm in arrived()]
+    assert len(keys) == len(set(keys)) == n  # each exactly once
+    assert {resource_key(rm): rm.SerializeToString() for rm in arrived()} == sent  # type: ignore[attr-defined]
+    accepted = [len(c.request.resource_metrics) for c in calls if c.outcome == "ok"]
+    assert max(accepted) <= limit
+    # Halving: each refused request became two (a half of only ended workloads already
+    # delivered sends nothing), each accepted one is a leaf.
+    assert 1 <= sum(c.outcome == "error" for c in calls) < len(accepted)
+    assert len(accepted) >= 4
+    assert agent.worker.failed == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- shutdown ----------------------------------------------------------------------------
+
+
+def test_shutdown_keeps_its_deadline_with_a_hung_backend(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backend hangs with a 2 s exporter timeout; shutdown gets a 3 s deadline: the
+    batch left in the queue is tried with what remains of the deadline, not a full timeout,
+    and counted as not sent."""
+    agent = start_agent(tmp_path, sink, timeout="2s")
+    worker = agent.worker
+    try:
+        agent.service.tick()
+        sink.wait_for_requests(1)
+        sink.respond_hang(60.0)
+        agent.tick(10.0)
+        sink.wait_for_calls(2)
+        time.sleep(0.2)
+        agent.tick(10.0)  # waits in the queue behind the hung request
+        with caplog.at_level(logging.DEBUG, logger=EXPORTING):
+            began = time.monotonic()
+            deadline = began + 3.0
+            worker.shutdown(deadline)
+            ended = time.monotonic()
+    finally:
+        agent.service.shutdown()
+    assert ended < deadline + 0.5, f"shutdown took {ended - began:.2f} s of a 3 s deadline"
+    assert worker.dropped == 1
+    assert worker.failed == 1  # the hung request, timed out
+    assert f"exporter {agent.exporter}: 1 batches not sent at shutdown" in exporting_lines(caplog)
+
+
+def test_a_stopping_service_does_not_wait_for_a_throttle(
+    tmp_path: Path, otlp_http_sink: OtlpHttpSink
+) -> None:
+    """Retry-After: 600 while the service stops: shutdown ends within its deadline."""
+    agent = start_agent(tmp_path, otlp_http_sink)
+    try:
+        agent.service.tick()
+        otlp_http_sink.wait_for_requests(1)
+        otlp_http_sink.respond_error(429, retry_after=600)
+        agent.tick(10.0)
+        otlp_http_sink.wait_for_calls(2)
+        time.sleep(0.2)
+    finally:
+        began = time.monotonic()
+        stopper = threading.Thread(target=agent.service.shutdown)
+        stopper.start()
+        stopper.join(timeout=10)
+    assert not stopper.is_alive()
+    assert time.monotonic() - began < 5.0
+    assert agent.worker.failed == 1
