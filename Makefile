@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 # editable-install notice); errors still show.
 PIP := $(PY) -m pip --quiet --quiet --disable-pip-version-check --no-input
 
-.PHONY: run test test-deps lint typecheck bench bench-deps gpu-check image wheel-check constraints clean
+.PHONY: run test test-deps lint typecheck bench bench-deps accuracy gpu-check image wheel-check constraints clean
 
 # The agent and its runtime dependencies, nothing else (about 230 MB): all `make run` needs.
 # Editable, so edits to the sources take effect without reinstalling; --no-compile, so Python
@@ -65,6 +65,11 @@ bench: $(VENV)/.test-installed bench-deps
 	$(PY) bench/bench_k8s.py
 	$(PY) bench/bench_models.py
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/bench_ebpf.py; else echo "bench_ebpf needs root"; fi
+
+# Error against a known truth per scenario (fixture meters driven by real burner processes):
+# the table in docs/accuracy.md. About a minute.
+accuracy: $(VENV)/.test-installed
+	$(PY) scripts/accuracy.py
 
 # On a machine with an NVIDIA GPU (and PyTorch for the load): GPU energy attributed to a
 # load's PID against the NVML energy counter's delta minus idle.
