@@ -20,7 +20,6 @@ the next collect on. Observing twice in one tick (two pipelines) counts once.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ from otel_kepler.data import EnergyReading
 
 from .fit import Line, SlidingFit
 
-log = logging.getLogger(__name__)
+#: once calibrated, the line is refitted every this many meter readings: a fit tries
+#: (max_lag + 1) x max_smooth candidates over the whole window
+REFIT_EVERY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,8 @@ class Calibrator:
             return
         self._meter[-1] = joules / interval_s
         self.observed += 1
-        if self.observed >= self.min_ticks:
+        due = self.calibration is None or self.observed % REFIT_EVERY == 0
+        if self.observed >= self.min_ticks and due:
             self.calibration = self._fit()
 
     def _fit(self) -> Calibration | None:

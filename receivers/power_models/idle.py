@@ -43,6 +43,8 @@ IdleMode = Literal["learned", "fixed", "usage_ratio"]
 
 #: usage below which a tick counts as "at rest" for the quantile fallback
 LOW_USAGE = 0.05
+#: once learned, the line is refitted every this many ticks (a fit reads the whole window)
+REFIT_EVERY = 6
 #: ticks between two saves of the state file (when a value changed)
 SAVE_EVERY = 60
 STATE_VERSION = 1
@@ -65,7 +67,7 @@ def default_state_dir() -> str:
 class _Zone:
     fit: SlidingFit
     learned: float | None = None
-    lowest: float = float("inf")
+    ticks: int = 0
 
 
 @dataclass
@@ -109,8 +111,9 @@ class IdlePower:
             state = self._zones[key] = _Zone(SlidingFit(self.window))
         if usage is not None:
             state.fit.add(usage, watts, seconds)
-            state.lowest = min(state.lowest, watts)
-            learned = self._learn(state)
+            state.ticks += 1
+            due = state.learned is None or state.ticks % REFIT_EVERY == 0
+            learned = self._learn(state) if due else None
             if learned is not None and learned != state.learned:
                 state.learned = learned
                 self._dirty = True
@@ -126,7 +129,8 @@ class IdlePower:
             return None
         line = fit.line()
         if line is not None and line.spread >= self.min_spread:
-            return max(0.0, min(line.idle, state.lowest))
+            lowest = min(w for _, w in fit.points())
+            return max(0.0, min(line.idle, lowest))
         return fit.low_watts(LOW_USAGE)
 
     def tick_done(self) -> None:
