@@ -3,10 +3,11 @@
 Three sources, each read only where it can change the answer:
 
 - ``/proc/PID/io`` (``read_bytes``, ``write_bytes``: what the process made the block
-  layer read and write) of the processes that used CPU time in the interval, plus
-  those seen for the first time: a process that did not run did not submit I/O. It is
-  readable for one's own processes, and for all with root or CAP_SYS_PTRACE; the
-  others keep -1 (not measured).
+  layer read and write) of every process, every tick: CPU time cannot tell which
+  processes did I/O (a direct write of megabytes costs less than one clock tick of
+  CPU time). It is readable for one's own processes, and for all with root or
+  CAP_SYS_PTRACE; a file found unreadable is not tried again for that process, which
+  keeps -1 (not measured).
 - block bytes per container from its cgroup: cgroup v2 ``io.stat`` (``rbytes``,
   ``wbytes``, summed over devices), or on hosts where the io controller lives in a v1
   ``blkio`` hierarchy, ``blkio.throttle.io_service_bytes`` (Read, Write). One small
@@ -192,23 +193,18 @@ class ActivityReader:
     # -- per process --------------------------------------------------------------
 
     def _process_io(self, processes: dict[int, ProcessSample], first: bool) -> None:
-        cache = self._io
+        denied = self._io  # pid -> (start_ticks, -1, -1): not readable, not tried again
         fresh: dict[int, tuple[int, int, int]] = {}
         prefix = self.procfs + "/"
         for pid, sample in processes.items():
-            known = cache.get(pid)
-            if (
-                known is not None
-                and known[0] == sample.start_ticks
-                and sample.cpu_delta <= 0.0
-                and not first
-            ):
+            known = denied.get(pid)
+            if known is not None and known[0] == sample.start_ticks:
                 fresh[pid] = known
-            else:
-                read, write = parse_proc_io(read_small(f"{prefix}{pid}/io"))
-                known = (sample.start_ticks, read, write)
-                fresh[pid] = known
-            sample.read_bytes, sample.write_bytes = known[1], known[2]
+                continue
+            read, write = parse_proc_io(read_small(f"{prefix}{pid}/io"))
+            if read < 0:
+                fresh[pid] = (sample.start_ticks, -1, -1)
+            sample.read_bytes, sample.write_bytes = read, write
         self._io = fresh
 
     # -- per container ------------------------------------------------------------
