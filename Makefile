@@ -27,7 +27,7 @@ $(VENV)/.test-installed: $(VENV)/.installed
 	@touch $@
 
 run: $(VENV)/.installed
-	@echo "Starting the agent with $(CONFIG): a line per tick, metrics on http://127.0.0.1:9102/metrics; Ctrl-C stops it"
+	@echo "Starting otel-kepler with $(CONFIG) (Ctrl-C stops it)"
 	@$(VENV)/bin/otel-kepler run --config $(CONFIG)
 
 # System packages and peer binaries the tests start (needs root; quick when present).
