@@ -13,9 +13,13 @@ exact lines logged.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,19 @@ from otel_kepler.config import parse
 from otel_kepler.exporting import ExporterWorker
 from otel_kepler.registry import default_registry
 from otel_kepler.service import Service
-from tests.peers import Answer, ExportCall, OtlpGrpcSink, OtlpHttpSink, attributes_dict
+from tests import test_end_to_end as e2e
+from tests.cgroups import cgroup_mount, remove_cgroups
+from tests.conftest import need_root
+from tests.peers import (
+    Answer,
+    ExportCall,
+    OtlpGrpcSink,
+    OtlpHttpSink,
+    VictoriaMetrics,
+    attributes_dict,
+    free_port,
+    http_get,
+)
 from tests.sysfs_fixtures import RaplTree
 
 EXPORTING = "otel_kepler.exporting"
@@ -422,3 +438,353 @@ def test_a_stopping_service_does_not_wait_for_a_throttle(
     assert not stopper.is_alive()
     assert time.monotonic() - began < 5.0
     assert agent.worker.failed == 1
+
+
+# -- the agent as a process: outages, SIGTERM, logging, the queue's bound ----------------
+
+WORKLOAD = (
+    "import select, sys\n"
+    "print('ready', flush=True)\n"
+    "while not select.select([sys.stdin], [], [], 0)[0]:\n"
+    "    for _ in range(20000): pass\n"
+)
+LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+    r"(otel_kepler[\w.]*): (.*)$"
+)
+
+
+@dataclass
+class Pod:
+    """A real process in a kubepods-style cgroup v2 directory; ends when told."""
+
+    proc: subprocess.Popen[str]
+    pod: str
+    container: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def end(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def pod() -> Iterator[Pod]:
+    need_root()
+    mount = cgroup_mount("cgroup2", "")
+    assert mount is not None, "no cgroup v2 hierarchy mounted"
+    pod_uid = str(uuid.uuid4())
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    top = mount / f"otel-kepler-faults-{os.getpid()}"
+    ctr_dir = (
+        top
+        / "kubepods.slice/kubepods-burstable.slice"
+        / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
+        / f"cri-containerd-{container}.scope"
+    )
+    ctr_dir.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKLOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        (ctr_dir / "cgroup.procs").write_text(str(proc.pid))
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        yield Pod(proc, pod_uid, container)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        remove_cgroups(top)
+
+
+@pytest.fixture
+def agent_process() -> Iterator[list[e2e.Agent]]:
+    """Agents a test starts; killed if the test did not stop them."""
+    started: list[e2e.Agent] = []
+    yield started
+    for agent in started:
+        agent.kill()
+
+
+def run_agent(started: list[e2e.Agent], tmp_path: Path, config: str) -> e2e.Agent:
+    agent = e2e.Agent(e2e.write_config(tmp_path, config)).start()
+    started.append(agent)
+    return agent
+
+
+def log_lines(stderr: str) -> list[tuple[str, str, str]]:
+    """(level, logger, message) of every line; a line in another format fails the test."""
+    out = []
+    for line in stderr.splitlines():
+        match = LOG_LINE.match(line)
+        assert match, f"a line not from the agent's logging: {line!r}"
+        out.append((match.group(1), match.group(2), match.group(3)))
+    return out
+
+
+def points_of(sink: Sink, name: str, **attributes: str) -> list[float]:
+    return [
+        float(p.value)
+        for p in sink.metric_points(name)
+        if attributes.items() <= {k: str(v) for k, v in p.attributes.items()}.items()
+    ]
+
+
+def test_an_ended_workload_reaches_victoria_metrics_after_an_outage(
+    tmp_path: Path,
+    pod: Pod,
+    victoria_metrics: VictoriaMetrics,
+    otlp_grpc_sink: OtlpGrpcSink,
+    agent_process: list[e2e.Agent],
+) -> None:
+    """VictoriaMetrics is down for 10 s, and a pod's only process ends meanwhile: once it is
+    back, the ended process's and container's terminated series hold their final totals
+    (a gRPC sink, up all along, is the truth: the last running total, carried on)."""
+    vm = victoria_metrics
+    agent = run_agent(
+        agent_process,
+        tmp_path,
+        f"""
+host: {{sysfs: {tmp_path / "sys"}, node_name: outage-node}}
+receivers: {{rapl: {{}}, procfs: {{}}}}
+processors: {{attribution: {{levels: [node, process, container, pod]}}}}
+exporters:
+  otlphttp:
+    metrics_endpoint: {vm.otlp_metrics_url}
+    timeout: 1s
+    retry_on_failure: {{initial_interval: 200ms, max_interval: 1s}}
+  otlp: {{endpoint: "{otlp_grpc_sink.endpoint}", tls: {{insecure: true}}}}
+service:
+  interval: 500ms
+  pipelines:
+    metrics: {{receivers: [rapl, procfs], processors: [attribution], exporters: [otlphttp, otlp]}}
+""",
+    )
+    running = f'pid="{pod.pid}",zone="package",state="running"'
+    with e2e.PoweredTree(tmp_path / "sys"):
+        vm.wait_for(f"kepler_process_cpu_joules_total{{{running}}} > 0", timeout=60)
+        vm.halt()
+        outage = time.monotonic()
+        time.sleep(2.0)
+        pod.end()
+        time.sleep(max(0.0, outage + 10.0 - time.monotonic()))
+        vm.restart()
+        ended = f'pid="{pod.pid}",zone="package",state="terminated"'
+        found = vm.wait_for(f"kepler_process_cpu_joules_total{{{ended}}}", timeout=30)
+        ctr = f'container_id="{pod.container}",zone="package",state="terminated"'
+        found_ctr = vm.wait_for(f"kepler_container_cpu_joules_total{{{ctr}}}", timeout=30)
+        seconds, code, _, err = agent.stop()
+    assert code == 0, err
+    pid = str(pod.pid)
+    last_running = points_of(
+        otlp_grpc_sink, "kepler.process.cpu.joules", pid=pid, zone="package", state="running"
+    )[-1]
+    final = points_of(
+        otlp_grpc_sink, "kepler.process.cpu.joules", pid=pid, zone="package", state="terminated"
+    )
+    assert last_running > 0.5  # it burnt a core for seconds at 40 W
+    assert final and final[0] == pytest.approx(last_running, rel=1e-9)
+    assert float(found[0]["value"][1]) == pytest.approx(last_running, rel=1e-6)
+    ctr_running = points_of(
+        otlp_grpc_sink,
+        "kepler.container.cpu.joules",
+        container_id=pod.container,
+        zone="package",
+        state="running",
+    )[-1]
+    assert float(found_ctr[0]["value"][1]) == pytest.approx(ctr_running, rel=1e-6)
+    assert found_ctr[0]["metric"]["pod_id"] == pod.pod
+    assert "export recovered" in err
+
+
+def test_sigterm_while_the_backend_hangs_sends_the_newest_totals_when_it_recovers(
+    tmp_path: Path, otlp_http_sink: OtlpHttpSink, agent_process: list[e2e.Agent]
+) -> None:
+    """SIGTERM while every request hangs; the backend answers again 0.5 s later: the agent
+    exits within 5 s and its newest batch, with the latest totals, arrived."""
+    otlp_http_sink.respond_hang(60.0)
+    agent = run_agent(agent_process, tmp_path, hung_config(tmp_path, otlp_http_sink))
+    with e2e.PoweredTree(tmp_path / "sys"):
+        otlp_http_sink.wait_for_calls(1, timeout=60)
+        time.sleep(2.0)
+        threading.Timer(0.5, otlp_http_sink.respond_ok).start()
+        signalled = time.time()
+        seconds, code, _, err = agent.stop()
+    assert code == 0, err
+    assert seconds < 5.0
+    first = otlp_http_sink.calls[0].request  # hung, but recorded: the first tick's time
+    metric = first.resource_metrics[0].scope_metrics[0].metrics[0]
+    t0 = getattr(metric, metric.WhichOneof("data")).data_points[0].time_unix_nano
+    accepted = otlp_http_sink.requests
+    assert accepted, [c.outcome for c in otlp_http_sink.calls]
+    newest = accepted[-1]
+    package = [p for p in otlp_http_sink.metric_points(JOULES) if p.attributes["zone"] == "package"]
+    points = [
+        dp
+        for rm in newest.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == JOULES
+        for dp in m.sum.data_points
+        if attributes_dict(dp.attributes)["zone"] == "package"
+    ]
+    t_last = points[0].time_unix_nano
+    assert t_last / 1e9 > signalled - 1.0  # a tick of the last interval (200 ms) or so
+    span = (t_last - t0) / 1e9
+    assert points[0].as_double == pytest.approx(e2e.PACKAGE_WATTS * span, rel=0.1)
+    assert package[-1].value == points[0].as_double
+    lines = log_lines(err)
+    assert ("WARNING", EXPORTING, "exporter otlphttp: 1 batches not sent at shutdown") in lines
+
+
+def hung_config(tmp_path: Path, sink: OtlpHttpSink, port: int = 0) -> str:
+    pull = f'prometheus: {{endpoint: "127.0.0.1:{port}"}}' if port else ""
+    return f"""
+host: {{sysfs: {tmp_path / "sys"}}}
+receivers: {{rapl: {{}}}}
+processors: {{attribution: {{}}}}
+exporters:
+  otlphttp:
+    metrics_endpoint: {sink.metrics_url}
+    timeout: 30s
+    sending_queue: {{queue_size: 2}}
+  {pull}
+service:
+  interval: 200ms
+  pipelines:
+    metrics:
+      receivers: [rapl]
+      processors: [attribution]
+      exporters: [otlphttp{", prometheus" if port else ""}]
+"""
+
+
+def test_sigterm_while_the_backend_hangs_for_good_counts_what_was_not_sent(
+    tmp_path: Path, otlp_http_sink: OtlpHttpSink, agent_process: list[e2e.Agent]
+) -> None:
+    """The backend never answers: the agent still exits within 5 s, and says how many
+    batches it could not send (the full queue of 2), beside the counter of dropped ones."""
+    otlp_http_sink.respond_hang(60.0)
+    port = free_port()
+    agent = run_agent(agent_process, tmp_path, hung_config(tmp_path, otlp_http_sink, port))
+    with e2e.PoweredTree(tmp_path / "sys"):
+        otlp_http_sink.wait_for_calls(1, timeout=60)
+        time.sleep(2.0)
+        _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        seconds, code, _, err = agent.stop()
+    assert code == 0, err
+    assert seconds < 5.0
+    dropped = e2e.sample(
+        body, "otel_kepler_agent_exporter_dropped_batches_total", exporter="otlphttp"
+    )
+    assert dropped >= 5  # 2 s of 200 ms ticks behind one hung request and a queue of 2
+    assert len(otlp_http_sink.calls) == 1  # one request, held to the end
+    lines = log_lines(err)
+    assert ("WARNING", EXPORTING, "exporter otlphttp: 2 batches not sent at shutdown") in lines
+    assert not [line for line in lines if line[0] == "ERROR"]  # nothing failed: it hung
+
+
+def test_a_dead_backend_is_logged_once_and_its_recovery_once(
+    tmp_path: Path, agent_process: list[e2e.Agent]
+) -> None:
+    """Both OTLP backends refuse connections for 40 ticks of 200 ms, then come up where
+    the agent points: per exporter one ERROR line when failing starts and one line when it
+    recovers; nothing else, and nothing from the OpenTelemetry SDK, gRPC or urllib3."""
+    http_port, grpc_port = free_port(), free_port()
+    agent = run_agent(
+        agent_process,
+        tmp_path,
+        f"""
+host: {{sysfs: {tmp_path / "sys"}}}
+receivers: {{rapl: {{}}}}
+processors: {{attribution: {{}}}}
+exporters:
+  otlphttp: {{metrics_endpoint: "http://127.0.0.1:{http_port}/v1/metrics", timeout: 1s}}
+  otlp: {{endpoint: "127.0.0.1:{grpc_port}", tls: {{insecure: true}}, timeout: 1s}}
+service:
+  interval: 200ms
+  pipelines:
+    metrics: {{receivers: [rapl], processors: [attribution], exporters: [otlphttp, otlp]}}
+""",
+    )
+    with e2e.PoweredTree(tmp_path / "sys"):
+        time.sleep(40 * 0.2)
+        with OtlpHttpSink(port=http_port) as http_sink, OtlpGrpcSink(port=grpc_port) as grpc_sink:
+            http_sink.wait_for_requests(3, timeout=30)
+            grpc_sink.wait_for_requests(3, timeout=60)
+            seconds, code, _, err = agent.stop()
+    assert code == 0, err
+    lines = log_lines(err)
+    assert {logger for _, logger, _ in lines} <= {"otel_kepler", "otel_kepler.exporting"}
+    errors = [message for level, _, message in lines if level == "ERROR"]
+    assert len(errors) == 2, errors
+    assert (
+        f"exporter otlphttp: export failing (retrying): "
+        f"http://127.0.0.1:{http_port}/v1/metrics: connection refused"
+    ) in errors
+    grpc_error = next(e for e in errors if e.startswith("exporter otlp:"))
+    assert grpc_error.startswith(
+        f"exporter otlp: export failing (retrying): gRPC UNAVAILABLE from 127.0.0.1:{grpc_port}"
+    )
+    exporting = [(level, message) for level, logger, message in lines if logger == EXPORTING]
+    assert len(exporting) == 4, exporting  # failing and recovered, per exporter
+    for name in ("otlphttp", "otlp"):
+        recovered = [m for _, m in exporting if m.startswith(f"exporter {name}: export recovered")]
+        assert len(recovered) == 1 and RECOVERED.search(recovered[0]), exporting
+        # every tick's batch was tried once and superseded by the next: about 40 attempts
+        assert int(RECOVERED.search(recovered[0]).group(1)) >= 20  # type: ignore[union-attr]
+
+
+def test_the_queue_never_holds_more_than_queue_size_batches(
+    tmp_path: Path,
+    otlp_http_sink: OtlpHttpSink,
+    otlp_grpc_sink: OtlpGrpcSink,
+    agent_process: list[e2e.Agent],
+) -> None:
+    """Process level on, one backend hung with a queue of 3: the batch in flight, 3 waiting,
+    and every other batch dropped: at tick k the dropped counter is exactly k - 2 - 3.
+
+    A second, healthy backend receives every tick, so the ticks can be counted."""
+    otlp_http_sink.respond_hang(60.0)
+    agent = run_agent(
+        agent_process,
+        tmp_path,
+        f"""
+host: {{sysfs: {tmp_path / "sys"}}}
+receivers: {{rapl: {{}}, procfs: {{}}}}
+processors: {{attribution: {{levels: [node, process, container, pod]}}}}
+exporters:
+  otlphttp:
+    metrics_endpoint: {otlp_http_sink.metrics_url}
+    timeout: 60s
+    sending_queue: {{queue_size: 3}}
+  otlp: {{endpoint: "{otlp_grpc_sink.endpoint}", tls: {{insecure: true}}}}
+service:
+  interval: 300ms
+  pipelines:
+    metrics: {{receivers: [rapl, procfs], processors: [attribution], exporters: [otlphttp, otlp]}}
+""",
+    )
+    with e2e.PoweredTree(tmp_path / "sys"):
+        otlp_grpc_sink.wait_for_requests(12, timeout=60)
+        seconds, code, _, err = agent.stop()
+    assert code == 0, err
+    dropped = points_of(
+        otlp_grpc_sink, "otel_kepler.agent.exporter.dropped.batches", exporter="otlphttp"
+    )
+    failed = points_of(
+        otlp_grpc_sink, "otel_kepler.agent.exporter.failed.batches", exporter="otlphttp"
+    )
+    assert len(dropped) == len(otlp_grpc_sink.requests) >= 12
+    assert set(failed) == {0.0}
+    for k, d in enumerate(dropped, start=1):
+        # The stats of tick k count the k - 1 batches submitted before it.
+        assert d == max(0, (k - 1) - 1 - 3), (k, dropped)
+    assert len(otlp_http_sink.calls) == 1
