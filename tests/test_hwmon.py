@@ -15,6 +15,7 @@ from otel_kepler.component import ComponentError, HostSettings
 from otel_kepler.data import Contribution, GaugeValue
 from otel_kepler.receivers import hwmon
 from otel_kepler.receivers.hwmon import HwmonConfig, HwmonReceiver, classify
+from otel_kepler.receivers.hwmon import sensors as hwmon_sensors
 from otel_kepler.schema import ConfigError, decode
 from tests.hwmon_fixtures import FixtureChip, SysfsTree
 from tests.test_rapl import FakeClock, in_unprivileged_child
@@ -503,7 +504,7 @@ def test_files_kept_open_up_to_the_budget(
     tree: SysfsTree, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     core = tree.coretemp(cores=3)
-    monkeypatch.setattr(hwmon, "MAX_OPEN_FILES", 2)
+    monkeypatch.setattr(hwmon_sensors, "MAX_OPEN_FILES", 2)
     receiver = started(tree, clock)
     assert (receiver._reader.budget, receiver._reader.open_count) == (2, 2)
     core.set("temp4_input", 39000)  # read through open, read and close: the same values
