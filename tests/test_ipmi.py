@@ -513,11 +513,15 @@ def test_sdr_fallback_on_the_pyghmi_bmc_with_a_sensor_filter(
         seconds, joules = full_window(receiver, clock, 0.2)
         assert joules == {"PSU2 Power": pytest.approx(130.0 * seconds, rel=1e-9)}
 
-        # A sensor without a reading this time: no new sample, the old one holds.
+        # A sensor without a reading this time: no new sample, the old one holds; each
+        # such poll is counted as an unreadable reading.
         before = receiver.latest()["PSU2 Power"]
+        receiver.collect()
         bmc.set(sensors={"PSU2 Power": None})
         time.sleep(0.3)
         assert receiver.latest()["PSU2 Power"] == before
+        part = receiver.collect()
+        assert set(part.rejected) == {"unreadable"} and part.rejected["unreadable"] >= 1
 
 
 def test_configured_sensors_that_do_not_exist(ipmi_sim: IpmiSim, receivers: Receivers) -> None:
