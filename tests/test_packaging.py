@@ -63,13 +63,13 @@ def lowest_setuptools() -> str:
     return spec.version
 
 
-def source_modules() -> set[str]:
-    """Every module and data file of the source tree, as a path inside the wheel."""
+def source_modules(tree: Path) -> set[str]:
+    """Every module and data file of a source tree, as a path inside the wheel."""
     found: set[str] = set()
     for package, directory in PACKAGE_DIRS.items():
         inside = package.replace(".", "/")
-        for path in (ROOT / directory).rglob("*"):
-            rel = path.relative_to(ROOT / directory)
+        for path in (tree / directory).rglob("*"):
+            rel = path.relative_to(tree / directory)
             if "__pycache__" in rel.parts or not path.is_file():
                 continue
             # A subdirectory mapped on its own (otel_kepler.receivers) is not otel_kepler's.
@@ -83,7 +83,8 @@ def source_modules() -> set[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The wheel, built from a copy of the sources with the lowest declared setuptools."""
+    """The wheel, built from a copy of the sources (in ``src`` beside the wheel's folder)
+    with the lowest declared setuptools."""
     work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
     src.mkdir()
@@ -122,7 +123,7 @@ def test_wheel_holds_every_module_the_license_and_the_metadata(wheel: Path) -> N
             archive.read(f"{dist_info}/METADATA").decode("utf-8")
         )
         license_text = archive.read(f"{dist_info}/licenses/LICENSE").decode("utf-8")
-    missing = sorted(source_modules() - names)
+    missing = sorted(source_modules(wheel.parent.parent / "src") - names)
     assert not missing, f"in the source tree but not in the wheel: {missing}"
     assert metadata["License-Expression"] == "Apache-2.0"
     assert license_text == (ROOT / "LICENSE").read_text(encoding="utf-8")
@@ -310,3 +311,17 @@ def test_typecheck_follows_the_package_dir_mapping(tmp_path: Path) -> None:
         '"str", variable has type "int")  [assignment]',
         "Found 2 errors in 2 files (checked 5 source files)",
     ]
+
+
+def test_readme_lists_every_component_type() -> None:
+    """The README's component table names every type the entry points declare, no other."""
+    listed: dict[str, set[str]] = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] in ("receiver", "processor", "exporter"):
+            listed.setdefault(cells[0] + "s", set()).update(re.findall(r"`([a-z0-9_]+)`", cells[1]))
+    declared = {
+        group.rsplit(".", 1)[1]: set(entries)
+        for group, entries in PYPROJECT["project"]["entry-points"].items()
+    }
+    assert listed == declared
