@@ -513,6 +513,60 @@ def short_lived(tmp: Path) -> Row:
     )
 
 
+def nvml_split(tmp: Path) -> Row:
+    """A fake libnvidia-ml (tests/fake_nvml): idle learned while nothing runs, then two
+    compute processes at 75% and 25% SM utilisation share the rest."""
+    from tests.fake_nvml import FakeNvml, NvmlProcess, build
+
+    fake = FakeNvml(tmp / "nvml-state")
+    gpu = fake.add_gpu(power_mw=60_000)
+    fake.write()
+    child = NvmlProcess(build("full"), fake.path)
+    attribution = AttributionProcessor(AttributionConfig(levels=["node", "process"]))
+    idle_w, busy_w, shares, dt = 60.0, 300.0, {101: 75, 202: 25}, 5.0
+    truth = dict.fromkeys(shares, 0.0)
+    result = dict.fromkeys(shares, 0.0)
+    try:
+        child.request("create", None).ok()
+        child.request("start").ok()
+        child.request("collect", 0.0).ok()
+        for n in range(8):
+            busy = n >= 3
+            watts = busy_w if busy else idle_w
+            gpu.power_mw, gpu.energy_mj = (
+                round(watts * 1000),
+                gpu.energy_mj + round(watts * dt * 1000),
+            )
+            gpu.processes = [(pid, 1 << 30, 0, 0) for pid in shares] if busy else []
+            if busy:
+                for k in range(5):
+                    for pid, sm in shares.items():
+                        gpu.sample(pid, (n * 5 + k + 1) * 1_000_000, sm)
+            fake.write()
+            part = child.request("collect", dt).ok()
+            batch = Batch(n + 1, dt, "accuracy")
+            batch.add(part)
+            attribution.process(batch)
+            for w in batch.workloads:
+                pid = int(w.attributes["pid"])
+                if w.level == "process" and pid in shares:
+                    result[pid] += sum(w.gpu_watts.values()) * dt
+            if busy:
+                for pid, sm in shares.items():
+                    truth[pid] += (busy_w - idle_w) * dt * sm / sum(shares.values())
+    finally:
+        child.close()
+    errors = {pid: relative(result[pid], truth[pid]) for pid in shares}
+    worst = max(errors, key=lambda pid: errors[pid])
+    return Row(
+        "nvml (fake library): 2 processes at 75/25% SM",
+        f"{truth[worst]:.2f} J",
+        f"{result[worst]:.2f} J",
+        errors[worst],
+        "worst process; idle 60 W learned at rest",
+    )
+
+
 def machine() -> str:
     model = ""
     try:
@@ -540,6 +594,7 @@ def main() -> int:
         idle_at_full_load,
         calibrated_estimator,
         short_lived,
+        nvml_split,
     ]
     with TemporaryDirectory(prefix="otel-kepler-accuracy-") as tmp:
         for scenario in scenarios:
