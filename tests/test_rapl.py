@@ -546,3 +546,20 @@ def test_a_counter_reset_is_rejected_then_counts_from_its_new_level(
     assert measured == {}  # agrees with the rejected reading: primes from here
     _, measured = tick(receiver, tree, clock, {"package": 40.0}, 1.0)
     assert measured == pytest.approx({"package": 40.0}, rel=1e-5)
+
+
+def test_a_zone_without_a_usable_range_is_skipped(
+    tree: RaplTree, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A max_energy_range_uj of 0 would make every wrap a negative delta: not read at all."""
+    tree.add_socket()
+    broken = tree.add_socket()
+    (tree.zone_dir(broken) / "max_energy_range_uj").write_text("0\n")
+    with caplog.at_level(logging.WARNING, logger=rapl.__name__):
+        receiver = started(tree, clock)
+    assert receiver.zones == {"package": 1}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rapl: skipping zone {tree.zone_dir(broken)}: its max_energy_range_uj is 0"
+    ]
+    _, measured = tick(receiver, tree, clock, {"intel-rapl:0": 20.0}, 1.0)
+    assert measured == pytest.approx({"package": 20.0}, rel=1e-5)
