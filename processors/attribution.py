@@ -267,6 +267,7 @@ class AttributionProcessor(Processor):
                 self._zones[key] = state
             if key not in seen:
                 state.interval_joules = 0.0
+                state.attributes = r.attributes  # a model's label changes when it calibrates
                 seen[key] = state
             state.interval_joules += r.joules
             state.total_joules += r.joules
@@ -353,6 +354,7 @@ class AttributionProcessor(Processor):
     ) -> WorkloadEnergy:
         """Give one process its share of this tick's active energy, zone by zone."""
         state = self._processes.get(sample.pid)
+        first_seen = state is None or state.start_ticks != sample.start_ticks
         if state is None or state.start_ticks != sample.start_ticks:
             if state is not None:  # the pid was reused: the old process ended
                 state.energy.state = TERMINATED
@@ -369,6 +371,18 @@ class AttributionProcessor(Processor):
         delta = sample.cpu_delta
         in_workload = sample.workload is not NO_WORKLOAD
         vm = self._vm(state.vm, now_ns) if state.vm is not None else None
+        # Containers, pods and VMs count their processes' CPU time as Kepler does: a process's
+        # whole CPU time when first seen, then its deltas (so it still grows when one ends).
+        used = sample.cpu_seconds if first_seen else delta
+        if in_workload:
+            for target in (
+                self._container(sample.workload, now_ns),
+                self._pod(sample.workload, now_ns),
+            ):
+                if target is not None:
+                    target.cpu_seconds += used
+        if vm is not None:
+            vm.cpu_seconds += used
         for zone, (per_unit, measure) in scale.items():
             joules = per_unit * (delta if measure is _CPU else getattr(sample, measure))
             energy.joules[zone] = energy.joules.get(zone, 0.0) + joules

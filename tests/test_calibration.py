@@ -136,6 +136,8 @@ def test_calibrated_estimate_within_5_percent_of_a_lagging_meter(
             assert gauges == []
             continue
         assert reading.attributes == {"model": "calibrated", "calibrated_from": "acpi"}
+        (zone,) = [z for z in batch.node_zones if z.source == "model"]
+        assert zone.attributes == reading.attributes  # the node series says so too
         (gauge,) = gauges
         assert gauge.attributes == {"meter": "acpi"}
         assert gauge.unit == "W"

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .fit import SlidingFit
@@ -70,22 +70,33 @@ class _Zone:
     ticks: int = 0
 
 
-@dataclass
 class IdlePower:
     """Per zone (``zone/source``) idle watts in force, learned tick by tick."""
 
-    mode: IdleMode = "learned"
-    configured: dict[str, float] = field(default_factory=dict)  # zone name -> watts
-    window: int = 720
-    min_ticks: int = 30
-    min_spread: float = 0.2
-    state_path: str | None = None  # None: nothing persisted
-    host_id: dict[str, str] = field(default_factory=dict)  # sysfs root, node name
-    _zones: dict[str, _Zone] = field(default_factory=dict)
-    _saved: dict[str, float] = field(default_factory=dict)  # loaded from the state file
-    _ticks_since_save: int = 0
-    _dirty: bool = False
-    _errors: set[str] = field(default_factory=set)
+    def __init__(
+        self,
+        mode: IdleMode = "learned",
+        configured: dict[str, float] | None = None,
+        window: int = 720,
+        min_ticks: int = 30,
+        min_spread: float = 0.2,
+        state_path: str | None = None,
+        host_id: dict[str, str] | None = None,
+    ) -> None:
+        """``configured``: zone name -> watts; ``state_path`` None persists nothing;
+        ``host_id`` (sysfs root, node name) must match the state file's."""
+        self.mode = mode
+        self.configured = dict(configured or {})
+        self.window = window
+        self.min_ticks = min_ticks
+        self.min_spread = min_spread
+        self.state_path = state_path
+        self.host_id = dict(host_id or {})
+        self._zones: dict[str, _Zone] = {}
+        self._saved: dict[str, float] = {}  # loaded from the state file
+        self._ticks_since_save = 0
+        self._dirty = False
+        self._errors: set[str] = set()
 
     # -- per tick -----------------------------------------------------------------
 
