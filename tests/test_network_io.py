@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -25,8 +26,19 @@ from pathlib import Path
 import pytest
 
 from otel_kepler.component import HostSettings
-from otel_kepler.data import Contribution, IoCounters
+from otel_kepler.data import (
+    NO_WORKLOAD,
+    Batch,
+    Contribution,
+    IoCounters,
+    ProcessSample,
+    Workload,
+    WorkloadEnergy,
+    ZoneEnergy,
+)
+from otel_kepler.processors.activity import ActivityAccounting, OtherSplit
 from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
+from otel_kepler.receivers.ebpf import doctor as ebpf_doctor
 from otel_kepler.receivers.procfs import ProcfsReceiver, doctor
 from otel_kepler.receivers.procfs.activity import (
     parse_blkio,
@@ -34,6 +46,7 @@ from otel_kepler.receivers.procfs.activity import (
     parse_net_dev,
     parse_proc_io,
 )
+from otel_kepler.schema import ConfigError, decode
 from tests.cgroups import cgroup_mount, remove_cgroups
 from tests.conftest import need_root
 
@@ -382,6 +395,20 @@ def test_block_bytes_per_container_within_5_percent(
 def test_doctor_says_which_activity_is_measured() -> None:
     found = doctor(HostSettings())
     assert found.available, found.detail
+    activity = found.detail.split("; activity: ", 1)[1]
+    v2 = cgroup_mount("cgroup2", "")
+    assert v2 is not None
+    if "io" in (v2 / "cgroup.controllers").read_text().split():
+        assert f"block bytes per container from io.stat under {v2}" in activity
+    else:
+        assert "cgroup v1 blkio counts only on disks with a throttle rule" in activity
+    assert activity.startswith("process I/O from /proc/PID/io, ")  # root: everyone's
+    assert activity.endswith("network bytes per pod from the pod network namespaces")
+    ebpf_found = ebpf_doctor(HostSettings())
+    assert ebpf_found.available, ebpf_found.detail
+    assert ebpf_found.detail.endswith(
+        f"; softirqs per process; network bytes per cgroup from socket-buffer programs on {v2}"
+    )
 
 
 # --------------------------------------------------------------------------- parsers
@@ -424,3 +451,189 @@ def test_process_io_of_this_process_is_read() -> None:
         del buf
     finally:
         receiver.shutdown()
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+def _sample(
+    pid: int,
+    cpu: float,
+    workload: Workload = NO_WORKLOAD,
+    read: int = -1,
+    write: int = -1,
+    net_rx_irq: int = 0,
+) -> ProcessSample:
+    return ProcessSample(
+        pid,
+        100,
+        f"p{pid}",
+        "",
+        workload,
+        0.0,
+        cpu,
+        read_bytes=read,
+        write_bytes=write,
+        net_rx_irq=net_rx_irq,
+    )
+
+
+def _entries(batch: Batch) -> dict[tuple[str, str], WorkloadEnergy]:
+    """What attribution would emit: one entry per process, container and pod."""
+    out: dict[tuple[str, str], WorkloadEnergy] = {}
+    for s in (*batch.processes.values(), *batch.exited):
+        out[("process", str(s.pid))] = WorkloadEnergy("process", {"pid": str(s.pid)}, {}, {})
+        w = s.workload
+        if w.container_id:
+            attrs = {"container_id": w.container_id}
+            out[("container", w.container_id)] = WorkloadEnergy("container", attrs, {}, {})
+        if w.pod_id:
+            out[("pod", w.pod_id)] = WorkloadEnergy("pod", {"pod_id": w.pod_id}, {}, {})
+    return out
+
+
+def _tick(
+    accounting: ActivityAccounting,
+    processes: list[ProcessSample],
+    other: float = 0.0,
+    container_io: dict[str, IoCounters] | None = None,
+    pod_io: dict[str, IoCounters] | None = None,
+    kept: dict[tuple[str, str], WorkloadEnergy] | None = None,
+) -> dict[tuple[str, str], WorkloadEnergy]:
+    batch = Batch(0, 5.0, "n1", processes={s.pid: s for s in processes})
+    batch.container_io = container_io or {}
+    batch.pod_io = pod_io or {}
+    entries = _entries(batch)
+    if kept is not None:  # attribution keeps its entries from tick to tick
+        for key, entry in entries.items():
+            entries[key] = kept.setdefault(key, entry)
+    batch.workloads = list(entries.values())
+    zone = ZoneEnergy("platform", "other", "ipmi", None, other, other / 5.0, 0, 0, 0)
+    accounting.process(batch, [zone])
+    return entries
+
+
+A = Workload(container_id="a" * 64, pod_id="pod-a")
+B = Workload(container_id="b" * 64, pod_id="pod-b")
+
+
+def test_counters_become_monotonic_totals_across_restarts() -> None:
+    accounting = ActivityAccounting()
+    kept: dict[tuple[str, str], WorkloadEnergy] = {}
+    for rx, read in ((100, 1000), (300, 1500), (50, 200), (80, 300)):  # restarts: 50, 200
+        io = {A.container_id: IoCounters(rx, rx * 2, read, read * 3)}
+        out = _tick(accounting, [_sample(1, 0.1, A)], container_io=io, kept=kept)
+    container = out[("container", A.container_id)].activity
+    assert container["network_rx_bytes"] == 200 + 50 + 30  # the first reading primes
+    assert container["network_tx_bytes"] == 2 * (200 + 50 + 30)
+    assert container["block_read_bytes"] == 500 + 200 + 100
+    assert container["block_write_bytes"] == 3 * (500 + 200 + 100)
+    pod = out[("pod", "pod-a")].activity  # a pod sums its containers
+    assert (pod["network_rx_bytes"], pod["block_read_bytes"]) == (280, 800)
+
+
+def test_process_io_and_softirqs_add_up_to_containers_and_pods() -> None:
+    accounting = ActivityAccounting()
+    _tick(accounting, [_sample(1, 0.1, A, 0, 0), _sample(2, 0.1, A, 10, 10)])
+    out = _tick(
+        accounting,
+        [_sample(1, 0.1, A, 4096, 8192, net_rx_irq=3), _sample(2, 0.1, A, 10, 10, 5)],
+    )
+    assert out[("process", "1")].activity == {
+        "block_read_bytes": 4096,
+        "block_write_bytes": 8192,
+        "net_rx_irq": 3,
+    }
+    container = out[("container", A.container_id)].activity
+    assert container == {"block_read_bytes": 4096, "block_write_bytes": 8192, "net_rx_irq": 8}
+    assert out[("pod", "pod-a")].activity["net_rx_irq"] == 8
+    # a process first seen after the first tick brings its whole counter
+    later = _tick(accounting, [_sample(1, 0.1, A, 4096, 8192), _sample(3, 0.1, B, 7, 9)])
+    assert later[("process", "3")].activity["block_write_bytes"] == 9
+
+
+def test_other_is_split_by_the_weighted_mix_and_conserved() -> None:
+    split = OtherSplit(enabled=True, cpu=0.7, network=0.2, block=0.1)
+    accounting = ActivityAccounting(split)
+    kept: dict[tuple[str, str], WorkloadEnergy] = {}
+    procs = [_sample(1, 1.0, A, 0, 0), _sample(2, 0.0, B, 0, 0), _sample(3, 1.0)]
+    pods = {"pod-a": IoCounters(0, 0), "pod-b": IoCounters(0, 0)}
+    _tick(accounting, procs, 100.0, pod_io=pods, kept=kept)
+    # pid 1: half the CPU; pid 2 (pod b): all the network; pid 3: the other CPU half
+    # and all block bytes
+    procs = [_sample(1, 1.0, A, 0, 0), _sample(2, 0.0, B, 0, 0), _sample(3, 1.0, read=0)]
+    procs[2].read_bytes, procs[2].write_bytes = 1000, 1000
+    pods = {"pod-a": IoCounters(0, 0), "pod-b": IoCounters(5000, 5000)}
+    out = _tick(accounting, procs, 100.0, pod_io=pods, kept=kept)
+    got = {pid: out[("process", str(pid))].other_joules for pid in (1, 2, 3)}
+    # tick 1: no network nor block bytes: all 100 J by CPU time, 50 J to pids 1 and 3;
+    # tick 2: CPU 70 J (35 each), network 20 J (pod b), block 10 J (pid 3's first bytes)
+    assert got[1] == pytest.approx(50.0 + 35.0)
+    assert got[2] == pytest.approx(20.0)
+    assert got[3] == pytest.approx(50.0 + 35.0 + 10.0)
+    assert sum(v or 0.0 for v in got.values()) == pytest.approx(200.0, abs=1e-9)
+    assert out[("pod", "pod-b")].other_joules == pytest.approx(20.0)
+    assert out[("process", "2")].other_watts == pytest.approx(20.0 / 5.0)
+
+
+def test_other_is_conserved_over_random_ticks() -> None:
+    rng = random.Random(7)
+    accounting = ActivityAccounting(OtherSplit(enabled=True, cpu=0.5, network=0.3, block=0.2))
+    kept: dict[tuple[str, str], WorkloadEnergy] = {}
+    io = {w: [0, 0, 0, 0] for w in ("a", "b", "c")}
+    pio = {w: [0, 0] for w in ("p0", "p1")}
+    given = total = 0.0
+    for _ in range(200):
+        procs = []
+        for pid in range(1, 9):  # the same processes throughout
+            w = Workload(container_id=rng.choice("abc") * 64, pod_id=rng.choice(["p0", "p1"]))
+            procs.append(_sample(pid, rng.choice([0.0, rng.random()]), w, rng.randint(0, 9), 0))
+        for counters in io.values():
+            for i in range(4):
+                counters[i] = (
+                    rng.randint(0, 100) if rng.random() < 0.05 else counters[i] + rng.randint(0, 50)
+                )
+        for counters in pio.values():
+            counters[0] += rng.randint(0, 1000)
+            counters[1] += rng.randint(0, 1000)
+        other = rng.random() * 50
+        before = {k: e.other_joules or 0.0 for k, e in kept.items()}
+        unattributed = accounting.unattributed_joules
+        _tick(
+            accounting,
+            procs,
+            other,
+            container_io={k * 64: IoCounters(-1, -1, *v[2:]) for k, v in io.items()},
+            pod_io={k: IoCounters(*v) for k, v in pio.items()},
+            kept=kept,
+        )
+        gained = {
+            level: sum(
+                (e.other_joules or 0.0) - before.get(k, 0.0)
+                for k, e in kept.items()
+                if k[0] == level
+            )
+            for level in ("process", "container", "pod")
+        }
+        left = accounting.unattributed_joules - unattributed
+        # per tick: the processes' shares plus what nobody could take are the remainder
+        assert gained["process"] + left == pytest.approx(other, abs=1e-9)
+        assert gained["container"] == pytest.approx(gained["process"], abs=1e-9)
+        assert gained["pod"] == pytest.approx(gained["process"], abs=1e-9)
+        total += other
+        given += gained["process"]
+    assert given + accounting.unattributed_joules == pytest.approx(total, abs=1e-6)
+
+
+def test_other_split_is_off_by_default_and_validated() -> None:
+    accounting = ActivityAccounting()
+    out = _tick(accounting, [_sample(1, 1.0)], 100.0)
+    assert out[("process", "1")].other_joules is None
+    with pytest.raises(ConfigError, match="must be 0 or more, got -1"):
+        decode(OtherSplit, {"cpu": -1}, "processors.attribution.other_split")
+    with pytest.raises(ConfigError, match="the weights cannot all be 0"):
+        decode(
+            OtherSplit,
+            {"enabled": True, "cpu": 0, "network": 0, "block": 0},
+            "processors.attribution.other_split",
+        )

@@ -363,6 +363,17 @@ def doctor(host: HostSettings) -> Availability:
     except ComponentError as err:
         return Availability(False, f"procfs mode (with fallback: procfs, the default): {err}")
     probe.close()
+    try:
+        mount = cgroup2_mount(prefer=os.path.join(host.sysfs, "fs", "cgroup"))
+        IoProbe(bcc, 1024, True, mount).close()
+        io = (
+            f"softirqs per process; network bytes per cgroup from socket-buffer programs on {mount}"
+            if mount is not None
+            else "softirqs per process; no cgroup2 mount: network bytes from the pod "
+            "network namespaces"
+        )
+    except ComponentError as err:
+        io = f"no softirq or socket-buffer programs ({err}): network bytes from the pod namespaces"
     headers = paths.headers() or ""
     target = os.path.realpath(headers)
     counters = (
@@ -374,7 +385,7 @@ def doctor(host: HostSettings) -> Availability:
         True,
         f"eBPF mode: bcc {bcc.__version__} loaded and attached the program on kernel "
         f"{paths.release} (headers {headers}{f' -> {target}' if target != headers else ''}); "
-        f"{counters}",
+        f"{counters}; {io}",
     )
 
 

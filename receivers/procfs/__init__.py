@@ -15,7 +15,7 @@ from otel_kepler.component import (
 )
 from otel_kepler.data import Contribution, ProcessSample
 
-from .activity import ActivityConfig, ActivityReader
+from .activity import ActivityConfig, ActivityReader, activity_doctor
 from .reader import ProcessReader, raise_fd_limit, read_exe, read_small
 from .stat import StatError, UsageRatio, read_cpu_times, start_error
 
@@ -140,9 +140,12 @@ def doctor(host: HostSettings) -> Availability:
             f"cannot read {procfs}/PID/stat of {len(survey.stat_denied)} processes of other "
             f"users (first: {procfs}/{survey.stat_denied[0]}/stat): procfs hidepid=?",
         )
+    activity = activity_doctor(os.geteuid() == 0 or _has_capability(procfs, CAP_SYS_PTRACE))
     if survey.exe_denied:
-        return Availability(True, _exe_detail(procfs, survey))
-    return Availability(True, f"{procfs}/stat, every process's stat and exe link readable")
+        return Availability(True, f"{_exe_detail(procfs, survey)}; {activity}")
+    return Availability(
+        True, f"{procfs}/stat, every process's stat and exe link readable; {activity}"
+    )
 
 
 def _survey(procfs: str) -> _Survey:

@@ -303,3 +303,27 @@ class ActivityReader:
             else:
                 continue  # shared by several pods (cannot be split) or none
             counters.rx_bytes, counters.tx_bytes = rx, tx
+
+
+def activity_doctor(privileged: bool) -> str:
+    """What I/O activity the procfs reader can measure here, and why not the rest.
+
+    ``privileged``: root or CAP_SYS_PTRACE, which other users' io files and network
+    namespace links need.
+    """
+    said = []
+    why = "" if privileged else " (other users' need root or CAP_SYS_PTRACE)"
+    said.append(f"process I/O from /proc/PID/io{why}")
+    v2, blkio = cgroup_mounts()
+    controllers = read_small(f"{v2}/cgroup.controllers").split() if v2 else []
+    if b"io" in controllers:
+        said.append(f"block bytes per container from io.stat under {v2}")
+    elif blkio is not None:
+        said.append(
+            f"block bytes per container from {blkio} (cgroup v1 blkio counts only on "
+            "disks with a throttle rule; elsewhere the processes' bytes are summed)"
+        )
+    else:
+        said.append("no io controller: block bytes per container summed from the processes")
+    said.append(f"network bytes per pod from the pod network namespaces{why}")
+    return "activity: " + ", ".join(said)
