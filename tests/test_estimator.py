@@ -14,7 +14,8 @@ import pytest
 from otel_kepler.component import ComponentError, HostSettings
 from otel_kepler.data import Contribution, EnergyReading
 from otel_kepler.receivers import estimator
-from otel_kepler.receivers.estimator import EstimatorConfig, EstimatorReceiver
+from otel_kepler.receivers.estimator import CurveConfig, EstimatorConfig, EstimatorReceiver
+from otel_kepler.receivers.power_models.calibration import ModelReading
 from otel_kepler.schema import ConfigError, decode
 
 
@@ -62,6 +63,9 @@ def stat(tmp_path: Path) -> ProcStat:
     return ProcStat(tmp_path / "proc")
 
 
+POINTS = [60.0, 80.0, 95.0, 108.0, 120.0, 131.0, 142.0, 153.0, 165.0, 178.0, 190.0]
+
+
 def make(
     stat: ProcStat, config: EstimatorConfig, clock: FakeClock | None = None
 ) -> EstimatorReceiver:
@@ -101,6 +105,25 @@ def test_joules_follow_the_linear_curve(stat: ProcStat, ratio: float, seconds: f
     expected = (10.0 + 40.0 * ratio) * seconds
     assert only_reading(part).joules == pytest.approx(expected, rel=0.01)
     assert only_reading(part).joules == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_reading_carries_the_models_idle_power(stat: ProcStat) -> None:
+    """Attribution holds the zone's idle at the model's own idle power (not 0 at full load)."""
+    clock = FakeClock()
+    receiver = make(stat, EstimatorConfig(idle_watts=10.0, max_watts=50.0), clock)
+    receiver.collect()
+    stat.run(1.0)
+    clock.now += 5.0
+    reading = only_reading(receiver.collect())
+    assert isinstance(reading, ModelReading)
+    assert (reading.idle_watts, reading.calibrator) == (10.0, None)
+    curve = make(stat, EstimatorConfig(model="curve", curve=CurveConfig(points=POINTS)), clock)
+    curve.collect()
+    stat.run(0.5)
+    clock.now += 5.0
+    (curved,) = curve.collect().energy
+    assert isinstance(curved, ModelReading)
+    assert curved.idle_watts == POINTS[0]
 
 
 def test_several_ticks_integrate_each_interval(stat: ProcStat) -> None:
