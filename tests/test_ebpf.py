@@ -7,6 +7,7 @@ with the reason instead of skipping; the fallback tests run everywhere.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import logging
@@ -412,6 +413,8 @@ def test_fallback_none_makes_it_an_error(tmp_path: Path) -> None:
 
 def run_as_nobody(code: str) -> str:
     """Run ``code`` (defining ``report``: str) in a forked child that dropped root."""
+    for codec in ("ascii", "utf-8", "latin-1"):  # nobody cannot import them later (the
+        codecs.lookup(codec)  # interpreter's own files may be root's only)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
