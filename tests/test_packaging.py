@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import email.parser
+import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -325,3 +327,54 @@ def test_readme_lists_every_component_type() -> None:
         for group, entries in PYPROJECT["project"]["entry-points"].items()
     }
     assert listed == declared
+
+
+#: Imported by the agent but installed with the operating system, not from PyPI.
+SYSTEM_MODULES = {"bcc"}
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Module imported -> the files that import it, for every import outside the project."""
+    found: dict[str, set[str]] = {}
+    for directory in set(PACKAGE_DIRS.values()):
+        for path in (ROOT / directory).rglob("*.py"):
+            for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module] if node.module and not node.level else []
+                else:
+                    names = [alias.name for alias in node.names]
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in ("otel_kepler",):
+                        found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_package_the_agent_imports_is_a_declared_dependency() -> None:
+    owners: dict[Path, str] = {}
+    for dist in importlib.metadata.distributions():
+        for file in dist.files or []:
+            owners[Path(str(dist.locate_file(file))).resolve()] = canonicalize_name(
+                dist.metadata["Name"]
+            )
+    project = PYPROJECT["project"]
+    allowed = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    optional = {
+        canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["models"]
+    }
+    undeclared: list[str] = []
+    for module, files in sorted(_third_party_imports().items()):
+        if module.split(".")[0] in SYSTEM_MODULES:
+            continue
+        spec = importlib.util.find_spec(module)
+        assert spec is not None, f"{module} (imported by {sorted(files)}) is not installed"
+        if spec.origin:
+            owner = owners.get(Path(spec.origin).resolve(), "?")
+        else:  # a namespace package (google.rpc): whoever installed the files in it
+            where = {Path(p).resolve() for p in spec.submodule_search_locations or []}
+            owner = next((o for f, o in owners.items() if f.parent in where), "?")
+        if owner not in allowed | optional:
+            undeclared.append(f"{module} from {owner}, imported by {', '.join(sorted(files))}")
+    assert not undeclared, "imported but not declared in project.dependencies:\n" + "\n".join(
+        undeclared
+    )
