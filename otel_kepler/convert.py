@@ -159,6 +159,8 @@ class Converter:
                 attrs = self._zone_attrs(zone.zone, zone.source, zone.attributes)
                 node.add(m.NODE_JOULES[zone.component], attrs, zone.total_joules, start)
                 node.add(m.NODE_WATTS[zone.component], attrs, zone.watts)
+                if zone.source == "redfish" and zone.zone == "platform":
+                    node.add(m.PLATFORM_WATTS, attrs, zone.watts)
                 if self.semconv:
                     energy, power, hw = self._hardware(zone.component, zone.zone, zone.source)
                     node.add(energy, hw, zone.total_joules, start)
@@ -183,6 +185,8 @@ class Converter:
                 watts = reading.joules / interval if interval > 0 else 0.0
                 node.add(m.NODE_JOULES[reading.component], attrs, total, start)
                 node.add(m.NODE_WATTS[reading.component], attrs, max(0.0, watts))
+                if reading.source == "redfish" and reading.zone == "platform":
+                    node.add(m.PLATFORM_WATTS, attrs, max(0.0, watts))
                 if self.semconv:
                     energy, power, hw = self._hardware(
                         reading.component, reading.zone, reading.source

@@ -104,6 +104,10 @@ NODE_GPU_ACTIVE_WATTS = _gauge("kepler.node.gpu.active.watts", "W", "GPU power a
 NODE_GPU_IDLE_WATTS = _gauge("kepler.node.gpu.idle.watts", "W", "GPU power not attributed to work")
 NODE_GPU_INFO = _gauge("kepler.node.gpu.info", "", "One series per GPU with its labels")
 BUILD_INFO = _gauge("kepler.build.info", "", "The agent's version and build")
+#: Kepler's name for a BMC's (Redfish) platform power, with the chassis and sensor labels.
+PLATFORM_WATTS = _gauge(
+    "kepler.platform.watts", "W", "Power of the platform as its BMC reports it (Redfish)"
+)
 
 WORKLOAD_LEVELS = ("process", "container", "pod", "vm")
 
@@ -188,6 +192,7 @@ ALL: tuple[MetricDesc, ...] = (
     NODE_GPU_IDLE_WATTS,
     NODE_GPU_INFO,
     BUILD_INFO,
+    PLATFORM_WATTS,
     HW_ENERGY,
     HW_POWER,
     HW_HOST_ENERGY,

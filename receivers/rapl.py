@@ -194,6 +194,7 @@ class RaplReceiver(Receiver):
         self._clock = clock
         self._counters: list[_Counter] = []
         self._zones: list[str] = []  # reported zones, in output order
+        self._labels: dict[str, dict[str, str]] = {}  # zone -> Kepler's path label
         self._fallback = (
             EstimatorReceiver(name, config.estimator, host, clock)
             if config.fallback == "estimator"
@@ -250,6 +251,10 @@ class RaplReceiver(Receiver):
             )
         self._counters = counters
         self._zones = sorted({c.zone for c in counters})
+        # Kepler's path label: the zone's directory, or aggregated-<zone> for summed sockets.
+        for zone in self._zones:
+            dirs = [os.path.dirname(c.path) for c in counters if c.zone == zone]
+            self._labels[zone] = {"path": dirs[0] if len(dirs) == 1 else f"aggregated-{zone}"}
 
     def _open_zone(self, directory: str) -> tuple[str, _Counter] | None:
         """The zone's raw name and counter; None (logged) if it is unusable."""
@@ -292,7 +297,7 @@ class RaplReceiver(Receiver):
             if delta is not None:
                 joules[counter.zone] = joules.get(counter.zone, 0.0) + delta
         part.energy = [
-            EnergyReading(component="cpu", zone=zone, source="rapl", joules=joules[zone])
+            EnergyReading("cpu", zone, "rapl", joules[zone], self._labels[zone])
             for zone in self._zones
             if zone in joules
         ]
