@@ -1,6 +1,6 @@
 """Cost of the ebpf receiver: per context switch in the kernel, and per tick in the agent.
 
-    .venv/bin/python bench/bench_ebpf.py [--switches N] [SIZES...]   (root; see
+    .venv/bin/python bench/bench_ebpf.py [--switches N] [--packets N] [SIZES...]   (root; see
     scripts/setup-ebpf.sh)
 
 1. Per sched_switch. Two processes pinned to one CPU ping-pong a byte over two pipes:
@@ -10,7 +10,12 @@
    difference of the medians is what the program adds to a switch (tracepoint dispatch
    included). The kernel's own BPF statistics (``kernel.bpf_stats_enabled``, turned on
    only for that run) give the program's run time alone, per call.
-2. Per tick. SIZES processes alive (bench/spawn.py sleepers, default 100, 1,000 and
+2. Per packet. One process sends and receives UDP datagrams over loopback, without the
+   receiver and with it (socket-buffer programs on the cgroup v2 root, softirq counter),
+   alternately; the difference of the medians is what the I/O programs add to a
+   datagram, and the BPF statistics give each program's own run time per call (one
+   egress and one ingress call per datagram; softirqs as the kernel raises them).
+3. Per tick. SIZES processes alive (bench/spawn.py sleepers, default 100, 1,000 and
    5,000), of which 50 run every tick (each works 1 ms every 100 ms): the CPU time
    (``time.process_time``) of the median ``collect()`` of the ebpf receiver and of the
    procfs receiver, on the same processes, after the service's ``settle_memory()``.
@@ -23,6 +28,7 @@ import gc
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -145,6 +151,70 @@ def program_ns_per_call(round_trips: int, cpu: int) -> float:
     return float("nan")
 
 
+# --------------------------------------------------------------------------- per packet
+
+PACKET = 1000  # UDP payload bytes
+
+
+def udp_loop(count: int) -> float:
+    """Seconds per datagram sent and received over loopback by this process."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        address = receiver.getsockname()
+        payload = b"x" * PACKET
+        began = time.perf_counter()
+        for _ in range(count):
+            sender.sendto(payload, address)
+            receiver.recv(2048)
+        return (time.perf_counter() - began) / count
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def io_programs_ns_per_call(count: int) -> dict[str, float]:
+    """Run time per call of the softirq and socket-buffer programs (bpf_stats)."""
+    tool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    knob = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(knob, encoding="ascii") as file:
+        was = file.read().strip()
+    try:
+        with open(knob, "w", encoding="ascii") as file:
+            file.write("1")
+        with attached():
+            udp_loop(count)
+            shown = subprocess.run([tool, "-j", "prog", "show"], capture_output=True, check=True)
+    finally:
+        with open(knob, "w", encoding="ascii") as file:
+            file.write(was)
+    found = {}
+    for prog in json.loads(shown.stdout):
+        name = prog.get("name", "")
+        if name in ("otelk_skb_in", "otelk_skb_out", "otelk_softirq") and prog.get("run_cnt"):
+            found[name] = float(prog["run_time_ns"]) / float(prog["run_cnt"])
+    return found
+
+
+def per_packet(count: int) -> dict[str, float]:
+    """ns per loopback datagram (send and receive) without and with the receiver."""
+    without: list[float] = []
+    with_programs: list[float] = []
+    udp_loop(count // 10)
+    for _ in range(ROUNDS):
+        without.append(udp_loop(count) * 1e9)
+        with attached():
+            with_programs.append(udp_loop(count) * 1e9)
+    result = {
+        "without": statistics.median(without),
+        "with": statistics.median(with_programs),
+    }
+    result["added"] = result["with"] - result["without"]
+    result.update(io_programs_ns_per_call(count))
+    return result
+
+
 # --------------------------------------------------------------------------- per tick
 
 #: 50 processes that each work 1 ms every 100 ms: all of them run in every tick.
@@ -224,6 +294,7 @@ def per_tick(size: int) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--switches", type=int, default=200_000, help="round trips per run")
+    parser.add_argument("--packets", type=int, default=100_000, help="datagrams per run")
     parser.add_argument("sizes", nargs="*", type=int, default=[100, 1000, 5000])
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, kernel {os.uname().release}, {os.cpu_count()} CPUs")
@@ -236,6 +307,16 @@ def main(argv: list[str]) -> None:
     print(f"  with program    {s['with']:8.0f} ns/switch (median)")
     print(f"  added           {s['added']:8.0f} ns/switch")
     print(f"  program alone   {s['program']:8.0f} ns/call (kernel.bpf_stats_enabled)")
+    p = per_packet(args.packets)
+    print(
+        f"\nper packet ({ROUNDS} alternating runs of {args.packets} UDP datagrams of "
+        f"{PACKET} bytes over loopback, sent and received by one process):"
+    )
+    print(f"  without receiver {p['without']:8.0f} ns/datagram (median)")
+    print(f"  with receiver    {p['with']:8.0f} ns/datagram (median)")
+    print(f"  added            {p['added']:8.0f} ns/datagram")
+    for name in ("otelk_skb_out", "otelk_skb_in", "otelk_softirq"):
+        print(f"  {name:<16} {p.get(name, float('nan')):8.0f} ns/call (kernel.bpf_stats_enabled)")
     print(
         f"\nper tick: CPU ms of collect() (median of {TICKS}, every {TICK_INTERVAL_S}s), "
         f"{RUNNING} processes running:"

@@ -6,8 +6,11 @@ For each size, spawns that many real sleeping processes (bench/spawn.py), then
 measures the CPU time (time.process_time) of:
 
 - the receiver's first collect() (reads exe and cgroup of every process),
-- the median of several later collect() ticks (stat files only), with the stat
-  files kept open between ticks (the default) and with keep_open=False,
+- the median of several later collect() ticks, with the stat files kept open
+  between ticks (the default) and with keep_open=False,
+- what the I/O activity (``activity``: /proc/PID/io of every process, cgroup block
+  counters and pod network namespaces) adds to a tick: the default tick less one
+  with all three off,
 - the median of several psutil.process_iter(['cpu_times', 'name']) passes,
   psutil's own cache warmed by one pass first, reading the same fields;
 
@@ -24,7 +27,7 @@ from collections.abc import Callable
 import psutil
 from spawn import SleepingProcesses
 
-from otel_kepler.receivers.procfs import ProcfsReceiver
+from otel_kepler.receivers.procfs import ActivityConfig, ProcfsReceiver
 
 TICKS = 9
 
@@ -69,6 +72,9 @@ def measure(size: int) -> dict[str, float]:
         seen = len(receiver.collect().processes or {})
         tick = steady_tick(receiver)
         receiver.shutdown()
+        quiet = ProcfsReceiver(activity=ActivityConfig(False, False, False))
+        no_activity = steady_tick(quiet)
+        quiet.shutdown()
         closed = ProcfsReceiver(keep_open=False)
         reopen = steady_tick(closed)
         psutil_pass()  # fills psutil's per-pid cache, as a long-running agent would have
@@ -78,6 +84,7 @@ def measure(size: int) -> dict[str, float]:
             "seen": seen,
             "first": first,
             "tick": tick,
+            "activity": tick - no_activity,
             "reopen": reopen,
             "psutil": baseline,
             "speedup": baseline / tick,
@@ -92,13 +99,14 @@ def main(argv: list[str]) -> None:
     print(f"CPU time per tick (time.process_time, median of {TICKS}); python {version}")
     print(
         f"{'spawned':>8} {'in /proc':>8} {'1st tick':>9} {'tick':>8} {'per proc':>9} "
-        f"{'no-keep':>8} {'psutil':>8} {'speedup':>8} {'RSS':>7}"
+        f"{'activity':>9} {'no-keep':>8} {'psutil':>8} {'speedup':>8} {'RSS':>7}"
     )
     for size in sizes:
         r = measure(size)
         print(
             f"{r['spawned']:>8.0f} {r['seen']:>8.0f} {r['first']:>7.1f}ms {r['tick']:>6.2f}ms "
-            f"{r['us_per_proc']:>7.1f}us {r['reopen']:>6.2f}ms {r['psutil']:>6.1f}ms "
+            f"{r['us_per_proc']:>7.1f}us {r['activity']:>7.2f}ms {r['reopen']:>6.2f}ms "
+            f"{r['psutil']:>6.1f}ms "
             f"{r['speedup']:>7.1f}x {r['rss']:>4.0f}MiB",
             flush=True,
         )

@@ -41,6 +41,7 @@ from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
 from otel_kepler.receivers.ebpf import doctor as ebpf_doctor
 from otel_kepler.receivers.procfs import ProcfsReceiver, doctor
 from otel_kepler.receivers.procfs.activity import (
+    ActivityConfig,
     parse_blkio,
     parse_io_stat,
     parse_net_dev,
@@ -384,6 +385,10 @@ def test_block_bytes_per_container_within_5_percent(
     assert now.write_bytes - then.write_bytes == pytest.approx(size, rel=0.05)
     if mode == "direct":
         assert now.read_bytes - then.read_bytes == pytest.approx(size, rel=0.05)
+    # /proc/PID/io is read for processes whose CPU time moved, and for all every
+    # io_refresh_ticks: the writer's bytes may come a few ticks late, never lost
+    for _ in range(ActivityConfig().io_refresh_ticks):
+        after = receiver.collect()
     process_then = (before.processes or {})[writer.pid]
     process_now = (after.processes or {})[writer.pid]
     assert process_now.write_bytes - process_then.write_bytes == pytest.approx(size, rel=0.05)
@@ -637,3 +642,8 @@ def test_other_split_is_off_by_default_and_validated() -> None:
             {"enabled": True, "cpu": 0, "network": 0, "block": 0},
             "processors.attribution.other_split",
         )
+
+
+def test_activity_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"activity.io_refresh_ticks: must be 1 or more, got 0"):
+        decode(ActivityConfig, {"io_refresh_ticks": 0}, "receivers.procfs.activity")

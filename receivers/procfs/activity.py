@@ -3,11 +3,14 @@
 Three sources, each read only where it can change the answer:
 
 - ``/proc/PID/io`` (``read_bytes``, ``write_bytes``: what the process made the block
-  layer read and write) of every process, every tick: CPU time cannot tell which
-  processes did I/O (a direct write of megabytes costs less than one clock tick of
-  CPU time). It is readable for one's own processes, and for all with root or
-  CAP_SYS_PTRACE; a file found unreadable is not tried again for that process, which
-  keeps -1 (not measured).
+  layer read and write) of the processes that used CPU time in the interval (a process
+  that did not run submitted no I/O), and of every process once every
+  ``io_refresh_ticks``: /proc's CPU time moves in whole clock ticks, so a process can
+  do a direct write of megabytes without its CPU time moving; the counters are
+  cumulative, so such bytes are late, never lost (unless the process ends first). Reading
+  every process every tick would double the cost of a tick. The file is readable for
+  one's own processes, and for all with root or CAP_SYS_PTRACE; one found unreadable is
+  not tried again for that process, which keeps -1 (not measured).
 - block bytes per container from its cgroup: cgroup v2 ``io.stat`` (``rbytes``,
   ``wbytes``, summed over devices), or on hosts where the io controller lives in a v1
   ``blkio`` hierarchy, ``blkio.throttle.io_service_bytes`` (Read, Write). One small
@@ -31,6 +34,7 @@ import os
 from dataclasses import dataclass, field
 
 from otel_kepler.data import NO_WORKLOAD, IoCounters, ProcessSample
+from otel_kepler.schema import ConfigError
 
 from .reader import read_small
 
@@ -49,6 +53,14 @@ class ActivityConfig:
             "from /proc/PID/io (other users' processes need root or CAP_SYS_PTRACE)"
         },
     )
+    io_refresh_ticks: int = field(
+        default=12,
+        metadata={
+            "doc": "every this many ticks, /proc/PID/io of every process is read, also "
+            "of those whose CPU time did not move (a process can do I/O within one "
+            "clock tick of CPU time)"
+        },
+    )
     block: bool = field(
         default=True,
         metadata={"doc": "block bytes per container from its cgroup (io.stat, or v1 blkio)"},
@@ -60,6 +72,10 @@ class ActivityConfig:
             "(/proc/PID/net/dev of one process per namespace, lo excluded)"
         },
     )
+
+    def validate(self) -> None:
+        if self.io_refresh_ticks < 1:
+            raise ConfigError("io_refresh_ticks", f"must be 1 or more, got {self.io_refresh_ticks}")
 
 
 def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[str | None, str | None]:
@@ -160,6 +176,7 @@ class ActivityReader:
         self.config = config or ActivityConfig()
         self.v2_mount, self.blkio_mount = mounts if mounts is not None else cgroup_mounts()
         self._io: dict[int, tuple[int, int, int]] = {}  # pid -> start_ticks, read, write
+        self._ticks = 0
         self._block_files: dict[str, tuple[str, str] | None] = {}  # container -> file
         self._netns: dict[int, tuple[int, str]] = {}  # pid -> start_ticks, netns
         self._host_netns: str | None = None
@@ -193,17 +210,20 @@ class ActivityReader:
     # -- per process --------------------------------------------------------------
 
     def _process_io(self, processes: dict[int, ProcessSample], first: bool) -> None:
-        denied = self._io  # pid -> (start_ticks, -1, -1): not readable, not tried again
+        self._ticks += 1
+        everyone = first or self._ticks % self.config.io_refresh_ticks == 0
+        cache = self._io  # pid -> (start_ticks, read, write); -1: unreadable, not retried
         fresh: dict[int, tuple[int, int, int]] = {}
         prefix = self.procfs + "/"
         for pid, sample in processes.items():
-            known = denied.get(pid)
+            known = cache.get(pid)
             if known is not None and known[0] == sample.start_ticks:
-                fresh[pid] = known
-                continue
+                if known[1] < 0 or (sample.cpu_delta <= 0.0 and not everyone):
+                    fresh[pid] = known
+                    sample.read_bytes, sample.write_bytes = known[1], known[2]
+                    continue
             read, write = parse_proc_io(read_small(f"{prefix}{pid}/io"))
-            if read < 0:
-                fresh[pid] = (sample.start_ticks, -1, -1)
+            fresh[pid] = (sample.start_ticks, read, write)
             sample.read_bytes, sample.write_bytes = read, write
         self._io = fresh
 
