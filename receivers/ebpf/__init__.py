@@ -236,7 +236,7 @@ class EbpfReceiver(Receiver):
             container_io, pod_io = self.activity.read(processes, self._first)
         self._first = False
         if io is not None:
-            exited = self._add_io(io, processes, exited, container_io, pod_io)
+            exited = self._add_io(io, processes, exited, container_io)
         self._warn_full(0, drained.dropped_usage, "context switches were not counted")
         self._warn_full(1, drained.dropped_events, "exits or execs were not recorded")
         try:
@@ -257,10 +257,9 @@ class EbpfReceiver(Receiver):
         processes: dict[int, ProcessSample],
         exited: list[ProcessSample],
         container_io: dict[str, IoCounters],
-        pod_io: dict[str, IoCounters],
     ) -> list[ProcessSample]:
         """Softirq counts onto this tick's samples (copies: the tracker keeps its own),
-        byte counters of cgroups onto their containers and pods."""
+        byte counters of cgroups onto their containers."""
         if io.softirqs:
             ended = {s.pid: i for i, s in enumerate(exited)}
             for tgid, (tx, rx, block) in io.softirqs.items():
@@ -289,12 +288,10 @@ class EbpfReceiver(Receiver):
             workload = workload_of(path)
             if workload is NO_WORKLOAD:
                 continue
-            targets = []
+            # per container only: a pod's are its containers' (summed as deltas by the
+            # processor), so that a container ending does not look like a counter reset
             if workload.container_id:
-                targets.append(container_io.setdefault(workload.container_id, IoCounters()))
-            if workload.pod_id:
-                targets.append(pod_io.setdefault(workload.pod_id, IoCounters()))
-            for counters in targets:
+                counters = container_io.setdefault(workload.container_id, IoCounters())
                 counters.rx_bytes = max(counters.rx_bytes, 0) + rx
                 counters.tx_bytes = max(counters.tx_bytes, 0) + tx
         if gone and self.io is not None:
