@@ -109,6 +109,11 @@ class _Process:
     totals: dict[str, float] = field(default_factory=dict)
     other: float = 0.0
     seen: int = 0
+    irqs: bool = False  # softirqs were counted: report 0 increments too
+
+
+#: The deltas of a process whose counters did not move (shared, never written).
+_NOTHING: Deltas = {}
 
 
 @dataclass(slots=True)
@@ -178,6 +183,14 @@ class ActivityAccounting:
             if state.seen == tick:
                 continue  # a pid reused within the tick: the live one came first
             state.seen = tick
+            if (
+                sample.read_bytes == state.read.last
+                and sample.write_bytes == state.write.last
+                and not (sample.net_tx_irq or sample.net_rx_irq or sample.block_irq)
+                and not state.irqs
+            ):  # nothing moved (most processes, most ticks): no work
+                ticks.append(_Tick(sample, state, _NOTHING))
+                continue
             deltas: Deltas = {}
             if sample.read_bytes >= 0:
                 deltas[READ] = float(state.read.delta(sample.read_bytes, primed))
@@ -186,6 +199,7 @@ class ActivityAccounting:
                 count = getattr(sample, name)
                 if count or name in state.totals:
                     deltas[name] = float(count)
+                    state.irqs = True
             _accumulate(state.totals, deltas)
             ticks.append(_Tick(sample, state, deltas))
         return ticks
