@@ -133,7 +133,7 @@ class EbpfReceiver(Receiver):
         self._dropped = [0, 0]  # usage, events: the counts already warned about
         self._warned_at = [-WARN_EVERY_S, -WARN_EVERY_S]
         self._fallback = (
-            ProcfsReceiver(host.procfs, config.procfs.keep_open, config.procfs.activity)
+            ProcfsReceiver(host.procfs, config.procfs.keep_open, config.procfs.activity, host.sysfs)
             if config.fallback == "procfs"
             else None
         )
@@ -219,7 +219,7 @@ class EbpfReceiver(Receiver):
             network=self.config.procfs.activity.network
             and (self.io is None or not self.io.network),
         )
-        self.activity = ActivityReader(self.procfs, activity)
+        self.activity = ActivityReader(self.procfs, activity, self.sysfs)
 
     def collect(self) -> Contribution:
         if self.using_fallback and self._fallback is not None:

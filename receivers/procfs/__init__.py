@@ -55,11 +55,15 @@ class ProcfsReceiver(Receiver):
     """
 
     def __init__(
-        self, procfs: str = "/proc", keep_open: bool = True, activity: ActivityConfig | None = None
+        self,
+        procfs: str = "/proc",
+        keep_open: bool = True,
+        activity: ActivityConfig | None = None,
+        sysfs: str = "/sys",
     ) -> None:
         self.procfs = procfs
         self._reader = ProcessReader(procfs, keep_open)
-        self.activity = ActivityReader(procfs, activity)
+        self.activity = ActivityReader(procfs, activity, sysfs)
         self._ratio = UsageRatio(procfs)
         self._previous: dict[int, ProcessSample] | None = None
 
@@ -140,7 +144,8 @@ def doctor(host: HostSettings) -> Availability:
             f"cannot read {procfs}/PID/stat of {len(survey.stat_denied)} processes of other "
             f"users (first: {procfs}/{survey.stat_denied[0]}/stat): procfs hidepid=?",
         )
-    activity = activity_doctor(os.geteuid() == 0 or _has_capability(procfs, CAP_SYS_PTRACE))
+    privileged = os.geteuid() == 0 or _has_capability(procfs, CAP_SYS_PTRACE)
+    activity = activity_doctor(privileged, host.sysfs)
     if survey.exe_denied:
         return Availability(True, f"{_exe_detail(procfs, survey)}; {activity}")
     return Availability(
@@ -200,7 +205,7 @@ def _has_capability(procfs: str, bit: int) -> bool:
 
 
 def _create(name: str, config: ProcfsConfig, host: HostSettings) -> ProcfsReceiver:
-    return ProcfsReceiver(host.procfs, config.keep_open, config.activity)
+    return ProcfsReceiver(host.procfs, config.keep_open, config.activity, host.sysfs)
 
 
 factory: Factory[ProcfsConfig, ProcfsReceiver] = Factory(

@@ -78,10 +78,14 @@ class ActivityConfig:
             raise ConfigError("io_refresh_ticks", f"must be 1 or more, got {self.io_refresh_ticks}")
 
 
-def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[str | None, str | None]:
-    """(cgroup2 mount, cgroup v1 blkio mount) as this process sees them."""
+def cgroup_mounts(
+    mountinfo: str = "/proc/self/mountinfo", prefer: str = ""
+) -> tuple[str | None, str | None]:
+    """(cgroup2 mount, cgroup v1 blkio mount) as this process sees them; those under
+    ``prefer`` (host.sysfs) first: in a container, /sys/fs/cgroup is its own subtree."""
     v2: str | None = None
     blkio: str | None = None
+    under = prefer.rstrip("/") + "/" if prefer else None
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as file:
             for line in file:
@@ -90,10 +94,12 @@ def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[str | None, 
                 if len(parts) < 3:
                     continue
                 mount = left.split()[4].replace("\\040", " ")
-                if parts[0] == "cgroup2" and v2 is None:
+                preferred = under is not None and mount.startswith(under)
+                if parts[0] == "cgroup2" and (v2 is None or preferred):
                     v2 = mount
-                elif parts[0] == "cgroup" and "blkio" in parts[2].split(",") and blkio is None:
-                    blkio = mount
+                elif parts[0] == "cgroup" and "blkio" in parts[2].split(","):
+                    if blkio is None or preferred:
+                        blkio = mount
     except OSError:
         pass
     return v2, blkio
@@ -170,11 +176,11 @@ class ActivityReader:
         self,
         procfs: str = "/proc",
         config: ActivityConfig | None = None,
-        mounts: tuple[str | None, str | None] | None = None,
+        sysfs: str = "/sys",
     ) -> None:
         self.procfs = procfs
         self.config = config or ActivityConfig()
-        self.v2_mount, self.blkio_mount = mounts if mounts is not None else cgroup_mounts()
+        self.v2_mount, self.blkio_mount = cgroup_mounts(prefer=sysfs)
         self._io: dict[int, tuple[int, int, int]] = {}  # pid -> start_ticks, read, write
         self._ticks = 0
         self._block_files: dict[str, tuple[str, str] | None] = {}  # container -> file
@@ -325,7 +331,7 @@ class ActivityReader:
             counters.rx_bytes, counters.tx_bytes = rx, tx
 
 
-def activity_doctor(privileged: bool) -> str:
+def activity_doctor(privileged: bool, sysfs: str = "/sys") -> str:
     """What I/O activity the procfs reader can measure here, and why not the rest.
 
     ``privileged``: root or CAP_SYS_PTRACE, which other users' io files and network
@@ -334,7 +340,7 @@ def activity_doctor(privileged: bool) -> str:
     said = []
     why = "" if privileged else " (other users' need root or CAP_SYS_PTRACE)"
     said.append(f"process I/O from /proc/PID/io{why}")
-    v2, blkio = cgroup_mounts()
+    v2, blkio = cgroup_mounts(prefer=sysfs)
     controllers = read_small(f"{v2}/cgroup.controllers").split() if v2 else []
     if b"io" in controllers:
         said.append(f"block bytes per container from io.stat under {v2}")
