@@ -426,11 +426,11 @@ def test_converted_series() -> None:
     w = WorkloadEnergy("pod", {"pod_id": "p", "pod_name": "web-0"}, {"package": 36.0}, {})
     batch = tick(T0, rapl("package", 72.0), workloads=[w])
     proc.process(batch)
-    snapshot = Converter(Resource.create({"service.name": "otel-kepler"}), 0, "node-a").convert(batch)
+    snapshot = Converter(Resource.create({"service.name": "otel-kepler"}), 0, "node-a").convert(
+        batch
+    )
     data = snapshot.to_metrics_data()
-    metrics = {
-        x.name: x for rm in data.resource_metrics for x in rm.scope_metrics[0].metrics
-    }
+    metrics = {x.name: x for rm in data.resource_metrics for x in rm.scope_metrics[0].metrics}
 
     def point(name: str) -> tuple[Any, dict[str, Any]]:
         (p,) = metrics[name].data.data_points
