@@ -156,7 +156,10 @@ class CalibrationConfig:
     window: int = field(default=120, metadata={"doc": "ticks the least-squares fit covers"})
     min_ticks: int = field(
         default=20,
-        metadata={"doc": "ticks with a meter reading before the calibrated line is used"},
+        metadata={
+            "doc": "meter readings the fit needs, after the first max_lag + max_smooth - 1 "
+            "(which only feed the lagged and averaged usage), before it is used"
+        },
     )
     max_lag: int = field(
         default=3, metadata={"doc": "largest delay of the meter behind usage tried, in ticks"}

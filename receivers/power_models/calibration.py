@@ -7,7 +7,7 @@ a table. The meter is slow and smoothed: a BMC averages over its statistics peri
 and answers with a delay, an ACPI meter averages over ``power1_average_interval``.
 So the fit tries each lag of 0 to ``max_lag`` ticks and each moving average of 1 to
 ``max_smooth`` ticks of usage, and keeps the pair whose least-squares line leaves
-the smallest error. The estimate then applies the fitted line to *this* tick's
+the smallest error over the same ticks. The estimate then applies the fitted line to *this* tick's
 usage: the calibrated estimate follows load without the meter's delay.
 
 How the estimator sees the meter: receivers are collected independently, so the
@@ -90,28 +90,33 @@ class Calibrator:
             self.calibration = self._fit()
 
     def _fit(self) -> Calibration | None:
+        """The candidate (lag, window) with the smallest error, all judged on the same ticks.
+
+        Every candidate is fitted over the meter readings from ``max_lag + max_smooth - 1``
+        ticks into the history on, so that none is judged on fewer or easier ticks than
+        another; until ``min_ticks`` such readings exist there is no calibration.
+        """
+        first = self.max_lag + self.max_smooth - 1
+        usage, meter = list(self._usage), list(self._meter)
+        ticks = [t for t in range(first, len(meter)) if meter[t] is not None]
+        if len(ticks) < self.min_ticks:
+            return self.calibration
         best: Calibration | None = None
         for lag in range(self.max_lag + 1):
             for smooth in range(1, self.max_smooth + 1):
-                candidate = self._fit_one(lag, smooth)
-                if candidate is None:
-                    continue
+                candidate = self._fit_one(usage, meter, ticks, lag, smooth)
                 if best is None or candidate.line.rms_error < best.line.rms_error - 1e-9:
                     best = candidate
-        return best if best is not None else self.calibration
+        return best
 
-    def _fit_one(self, lag: int, smooth: int) -> Calibration | None:
-        usage, meter = list(self._usage), list(self._meter)
+    def _fit_one(
+        self, usage: list[float], meter: list[float | None], ticks: list[int], lag: int, smooth: int
+    ) -> Calibration:
         fit = SlidingFit(self.window)
-        for t in range(lag + smooth - 1, len(meter)):
+        for t in ticks:
             watts = meter[t]
-            if watts is None:
-                continue
-            first = t - lag - smooth + 1
-            fit.add(sum(usage[first : t - lag + 1]) / smooth, watts)
-        # a longer lag or average uses fewer of the first ticks: it is not held against it
-        if len(fit) < max(3, self.min_ticks - lag - smooth + 1):
-            return None
+            assert watts is not None
+            fit.add(sum(usage[t - lag - smooth + 1 : t - lag + 1]) / smooth, watts)
         line = fit.line()
         if line is not None and line.spread >= self.min_spread:
             return Calibration(line, lag, smooth, True)
