@@ -83,6 +83,11 @@ def by_level(batch: Batch, level: str) -> list[WorkloadEnergy]:
     return [w for w in batch.workloads if w.level == level]
 
 
+def our_vm(batch: Batch) -> list[WorkloadEnergy]:
+    """The test's guest (the machine may run other guests)."""
+    return [w for w in by_level(batch, "vm") if w.attributes["vm_id"] == GUEST_UUID]
+
+
 def test_a_qemu_guest_is_a_vm_whose_energy_follows_its_cpu_time(
     tmp_path: Path, qemu: subprocess.Popen[bytes]
 ) -> None:
@@ -115,10 +120,10 @@ def test_a_qemu_guest_is_a_vm_whose_energy_follows_its_cpu_time(
         return batch, dt
 
     tick(0.0)
-    vm_joules = expected_joules = 0.0
+    seen = 0.0  # QEMU's CPU seconds as the receiver saw them
     for _ in range(4):
         batch, dt = tick(0.8)
-        (vm,) = by_level(batch, "vm")
+        (vm,) = our_vm(batch)
         assert vm.attributes == {
             "vm_id": GUEST_UUID,
             "vm_name": "testvm",
@@ -129,30 +134,34 @@ def test_a_qemu_guest_is_a_vm_whose_energy_follows_its_cpu_time(
         active = batch.node_zones[0].interval_joules - IDLE_W * dt  # RAPL's 61 uJ steps
         sample = batch.processes[qemu.pid]
         all_used = sum(p.cpu_delta for p in batch.processes.values())
-        assert sample.cpu_delta > 0.1
+        assert sample.cpu_delta > 0
         # exactly its share of the active energy by the CPU time the receiver saw...
         tick_joules = vm.watts["package"] * dt
         assert tick_joules == pytest.approx(active * sample.cpu_delta / all_used, rel=1e-9)
-        # ...which is the CPU time the test measured itself (below, over all ticks)
-        vm_joules += tick_joules
-        expected_joules += active * (qemu_cpu[-1] - qemu_cpu[-2]) / all_used
+        seen += sample.cpu_delta
         (process,) = [w for w in by_level(batch, "process") if w.attributes["pid"] == str(qemu.pid)]
         assert process.attributes["type"] == "vm"
         assert process.attributes["vm_id"] == GUEST_UUID
         assert process.attributes["comm"] == "qemu-system-x86"
         assert process.joules == pytest.approx(vm.joules, rel=1e-12)
-        others = [w for w in by_level(batch, "process") if w is not process]
-        assert {w.attributes["type"] for w in others} == {"regular"}
-    # The test reads QEMU's CPU time after the receiver's scan of every process, whose
-    # length varies on a busy machine: over four ticks that skew stays under 10%.
-    assert vm_joules == pytest.approx(expected_joules, rel=0.10)
+        for other in by_level(batch, "process"):  # whatever else runs on this machine
+            attrs = other.attributes
+            if attrs["container_id"]:
+                assert attrs["type"] == "container"
+            elif attrs["type"] != "regular":  # only hypervisors are vm processes
+                assert (attrs["type"], attrs["comm"][:12]) == ("vm", "qemu-system-")
+    # ...which is the CPU time the test measured itself. The test reads it after the
+    # receiver's scan of every process, whose length varies on a busy machine: allow 10%
+    # and two clock ticks at each end of the four intervals.
+    measured = qemu_cpu[-1] - qemu_cpu[-5]
+    assert seen == pytest.approx(measured, rel=0.10, abs=4 / CLOCK_TICKS)
     qemu.terminate()
     qemu.wait(timeout=10)
     batch, _ = tick(0.2)
-    (vm,) = by_level(batch, "vm")
+    (vm,) = our_vm(batch)
     assert vm.state == "terminated"
     batch, _ = tick(0.2)
-    assert by_level(batch, "vm") == []
+    assert our_vm(batch) == []
 
 
 # -- Kepler's rules ----------------------------------------------------------------------
