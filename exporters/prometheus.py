@@ -10,10 +10,11 @@ translation a backend applies to OTLP, so both paths agree.
   built once and kept as long as its labels hold.
 * **Ended workloads** stay in the output for the converter's
   ``terminated_retention``, so every scraper of an HA pair sees them.
-* **Serving never slows measuring.** Connections wait in a selector (an idle
-  connection costs no thread and is closed after ``idle_timeout``); a request
-  that has arrived is answered by one of ``max_workers`` threads, each with a
-  ``request_timeout`` deadline on reading the request and writing the answer.
+* **Serving never slows measuring.** Connections wait in a selector until
+  their request head has arrived whole (an idle or stalled connection costs no
+  thread and is closed after ``idle_timeout``); a whole request is answered by
+  one of ``max_workers`` threads, each with a ``request_timeout`` deadline on
+  writing the answer.
 
 Also serves ``/healthz`` (the process is up) and ``/readyz`` (a tick with node
 energy has been exported), for Kubernetes probes.
@@ -22,6 +23,7 @@ energy has been exported), for Kubernetes probes.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import selectors
@@ -60,10 +62,11 @@ class PrometheusConfig:
         default=1024, metadata={"doc": "open connections at most; more are closed at once"}
     )
     request_timeout: Duration = field(
-        default=Duration(10.0), metadata={"doc": "deadline to read a request and send the answer"}
+        default=Duration(10.0), metadata={"doc": "deadline to send the answer"}
     )
     idle_timeout: Duration = field(
-        default=Duration(30.0), metadata={"doc": "a connection that sends nothing is closed"}
+        default=Duration(30.0),
+        metadata={"doc": "a connection that has not sent a whole request by then is closed"},
     )
 
     def validate(self) -> None:
@@ -234,8 +237,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def setup(self) -> None:
+        # The server passes (connection, request head it already read); a GET has no body.
+        conn, head = self.request
+        self.request = conn
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BytesIO(head)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("prometheus endpoint: " + format, *args)
+
+
+#: a request head this long without its end is handed on as is (the handler refuses it)
+MAX_HEAD = 65536
 
 
 class _Server:
@@ -253,6 +268,7 @@ class _Server:
         self.pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="prometheus")
         self.selector = selectors.DefaultSelector()
         self.waiting: dict[socket.socket, float] = {}  # connection -> when it was accepted
+        self.heads: dict[socket.socket, bytearray] = {}  # what each has sent so far
         self.in_pool = 0
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -275,11 +291,14 @@ class _Server:
                 else:
                     conn = key.fileobj
                     assert isinstance(conn, socket.socket)
+                    head = self._read_head(conn)
+                    if head is None:
+                        continue
                     self.selector.unregister(conn)
                     self.waiting.pop(conn, None)
                     with self.lock:
                         self.in_pool += 1
-                    self.pool.submit(self._answer, conn)
+                    self.pool.submit(self._answer, conn, head)
             now = time.monotonic()
             for conn, since in list(self.waiting.items()):
                 if now - since > idle:
@@ -303,19 +322,44 @@ class _Server:
             self.waiting[conn] = time.monotonic()
             self.selector.register(conn, selectors.EVENT_READ, "conn")
 
+    def _read_head(self, conn: socket.socket) -> bytes | None:
+        """The request head once complete; until then a connection holds no worker.
+
+        A client that sends part of a request and stalls waits here like an idle
+        one, and is closed after ``idle_timeout`` (counted from its connect).
+        """
+        try:
+            chunk = conn.recv(8192)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            chunk = b""
+        if not chunk:  # closed (or reset) before a whole request
+            self._drop(conn)
+            return None
+        head = self.heads.setdefault(conn, bytearray())
+        start = max(0, len(head) - 3)  # only the new bytes can end the head
+        head += chunk
+        ended = head.find(b"\r\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
+        if not ended and len(head) < MAX_HEAD:
+            return None
+        del self.heads[conn]
+        return bytes(head)
+
     def _drop(self, conn: socket.socket) -> None:
         self.waiting.pop(conn, None)
+        self.heads.pop(conn, None)
         try:
             self.selector.unregister(conn)
         except (KeyError, ValueError):
             pass
         conn.close()
 
-    def _answer(self, conn: socket.socket) -> None:
+    def _answer(self, conn: socket.socket, head: bytes) -> None:
         try:
             conn.setblocking(True)
             conn.settimeout(float(self.config.request_timeout))
-            self.handler(conn, conn.getpeername(), self)
+            self.handler((conn, head), conn.getpeername(), self)
         except Exception as err:  # a client that went away, a timeout: costs only itself
             log.debug("prometheus endpoint: request failed: %s", err)
         finally:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from otel_kepler.exporters.prometheus import PrometheusConfig, PrometheusExporter
+from otel_kepler.schema import Duration
 from tests import test_end_to_end as e2e
 from tests.peers import OtlpGrpcSink, free_port
 
@@ -198,3 +200,53 @@ service:
 
     assert closed == IDLE, f"{IDLE - closed} idle connections still open after {closed_at:.1f} s"
     assert closed_at >= IDLE_TIMEOUT - 0.5
+
+
+def test_clients_that_stall_mid_request_hold_no_worker() -> None:
+    """Twice max_workers connections send half a request line and stall; scrapes are still
+    answered (each within a 10 s client timeout, far below request_timeout's 60 s: a stalled
+    client holding a worker would make them wait that long), and the stalled ones are
+    closed after idle_timeout. Split request heads still work."""
+    config = PrometheusConfig(
+        endpoint="127.0.0.1:0",
+        max_workers=2,
+        request_timeout=Duration(60.0),
+        idle_timeout=Duration(2.0),
+    )
+    exporter = PrometheusExporter("prometheus", config)
+    exporter.start()
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(2 * config.max_workers):
+            conn = socket.create_connection(("127.0.0.1", exporter.port), timeout=5)
+            conn.sendall(b"GET /metr")
+            stalled.append(conn)
+        opened = time.monotonic()
+        answers = []
+        for _ in range(10):
+            client = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=10)
+            client.request("GET", "/healthz")
+            resp = client.getresponse()
+            answers.append((resp.status, resp.read()))
+            client.close()
+        # A head that arrives in pieces is answered once whole.
+        with socket.create_connection(("127.0.0.1", exporter.port), timeout=10) as piecemeal:
+            for piece in (b"GET /hea", b"lthz HTTP/1.0\r\n", b"Host: x\r\n", b"\r\n"):
+                piecemeal.sendall(piece)
+                time.sleep(0.05)
+            reply = b""
+            while chunk := piecemeal.recv(4096):
+                reply += chunk
+        for conn in stalled:
+            conn.setblocking(False)
+        deadline = opened + 2.0 + 5.0
+        while time.monotonic() < deadline and not all(is_closed(s) for s in stalled):
+            time.sleep(0.1)
+        closed = sum(is_closed(s) for s in stalled)
+    finally:
+        for conn in stalled:
+            conn.close()
+        exporter.shutdown()
+    assert answers == [(200, b"ok\n")] * 10
+    assert reply.startswith(b"HTTP/1.0 200 OK\r\n") and reply.endswith(b"\r\n\r\nok\n")
+    assert closed == len(stalled)
