@@ -175,7 +175,7 @@ class AttributionProcessor(Processor):
         self.counters = config.split_by == "hardware_counters"
         self.share_of_node = config.share_of == "node"
         self.node_name = node_name
-        self._zones: dict[tuple[str, str, str], ZoneEnergy] = {}
+        self._zones: dict[tuple[str, ...], ZoneEnergy] = {}
         self._processes: dict[int, _ProcessState] = {}
         self._containers: dict[str, WorkloadEnergy] = {}
         self._pods: dict[str, WorkloadEnergy] = {}
@@ -258,9 +258,9 @@ class AttributionProcessor(Processor):
 
     def _node_zones(self, readings: list[EnergyReading], interval: float) -> list[ZoneEnergy]:
         """Fold this tick's readings into the node totals; returns the zones seen this tick."""
-        seen: dict[tuple[str, str, str], ZoneEnergy] = {}
+        seen: dict[tuple[str, ...], ZoneEnergy] = {}
         for r in readings:
-            key = (r.component, r.zone, r.source)
+            key = _zone_key(r)
             state = self._zones.get(key)
             if state is None:
                 state = ZoneEnergy(r.component, r.zone, r.source, r.attributes, 0, 0, 0, 0, 0)
@@ -370,7 +370,7 @@ class AttributionProcessor(Processor):
         energy.cpu_seconds = sample.cpu_seconds
         delta = sample.cpu_delta
         in_workload = sample.workload is not NO_WORKLOAD
-        vm = self._vm(state.vm, now_ns) if state.vm is not None else None
+        vm_energy = self._vm(state.vm, now_ns) if state.vm is not None else None
         # Containers, pods and VMs count their processes' CPU time as Kepler does: a process's
         # whole CPU time when first seen, then its deltas (so it still grows when one ends).
         used = sample.cpu_seconds if first_seen else delta
@@ -381,17 +381,17 @@ class AttributionProcessor(Processor):
             ):
                 if target is not None:
                     target.cpu_seconds += used
-        if vm is not None:
-            vm.cpu_seconds += used
+        if vm_energy is not None:
+            vm_energy.cpu_seconds += used
         for zone, (per_unit, measure) in scale.items():
             joules = per_unit * (delta if measure is _CPU else getattr(sample, measure))
             energy.joules[zone] = energy.joules.get(zone, 0.0) + joules
             energy.watts[zone] = joules * inv_interval
             if in_workload:
                 self._add_to_workload(sample.workload, zone, joules, inv_interval, now_ns)
-            if vm is not None:
-                vm.joules[zone] = vm.joules.get(zone, 0.0) + joules
-                vm.watts[zone] = vm.watts.get(zone, 0.0) + joules * inv_interval
+            if vm_energy is not None:
+                vm_energy.joules[zone] = vm_energy.joules.get(zone, 0.0) + joules
+                vm_energy.watts[zone] = vm_energy.watts.get(zone, 0.0) + joules * inv_interval
         return energy
 
     def _attribute_gpus(
@@ -574,6 +574,18 @@ def platform_remainder(readings: list[EnergyReading], gpus: list[GpuEnergy]) -> 
 
 
 _PARTS = frozenset({"package", "dram"})
+
+#: Labels that tell two meters of one kind apart (two chassis of a BMC, two BMCs): their
+#: readings are separate node series, not one sum.
+_METER_IDENTITY = ("bmc_id", "chassis_id", "source_id")
+
+
+def _zone_key(r: EnergyReading) -> tuple[str, ...]:
+    key: tuple[str, ...] = (r.component, r.zone, r.source)
+    if r.component == "platform" and r.attributes:
+        key += tuple(r.attributes.get(name, "") for name in _METER_IDENTITY)
+    return key
+
 
 #: When two meters report the same CPU zone (rapl and amd_energy's hwmon both give the
 #: package), workloads get it from one only, the first here; the node reports both.

@@ -300,3 +300,21 @@ def test_share_of_node_divides_by_the_node_busy_time() -> None:
     default = AttributionProcessor(AttributionConfig(levels=["pod"]))
     default.process(batch)
     assert by_level(batch, "pod")[POD_A].joules == pytest.approx({"package": 100.0})
+
+
+def test_two_chassis_of_one_bmc_are_two_platform_series() -> None:
+    """Platform meters told apart by their chassis stay separate node series."""
+    proc = AttributionProcessor(AttributionConfig(levels=["node"]), node_name="n1")
+    totals: dict[str, float] = {}
+    for t in (1, 2):
+        batch = Batch(t * 10**9, 1.0, "n1")
+        for chassis, joules in (("1", 300.0), ("2", 200.0)):
+            attrs = {"bmc_id": "bmc", "chassis_id": chassis, "source_id": "PowerControl/0"}
+            batch.energy.append(EnergyReading("platform", "platform", "redfish", joules, attrs))
+        proc.process(batch)
+        totals = {
+            (z.attributes or {})["chassis_id"]: z.total_joules
+            for z in batch.node_zones
+            if z.component == "platform"
+        }
+    assert totals == {"1": 600.0, "2": 400.0}
