@@ -371,6 +371,7 @@ def test_high_privilege_runs_ebpf_and_rapl_as_root_with_the_seeds_capabilities()
         "/sys/kernel/debug": ("/sys/kernel/debug", True),
         "/lib/modules": ("/lib/modules", True),
         "/usr/src": ("/usr/src", True),
+        "/var/lib/otel-kepler": ("/var/lib/otel-kepler", False),  # the learned idle power
     }
     _, config = agent_config(objects)
     assert config["receivers"] == {
@@ -853,8 +854,9 @@ class PodView:
                     content = pem if item["key"].endswith((".crt", ".key")) else b"s3cret\n"
                     (where / item["path"]).write_bytes(content)
                     self.secret_files.append(f"{mount['mountPath']}/{item['path']}")
-            else:
-                assert volume == {"name": mount["name"], "emptyDir": {"sizeLimit": "64Mi"}}
+            else:  # /tmp, and the idle state where no host path keeps it
+                size = "1Mi" if mount["mountPath"] == "/var/lib/otel-kepler" else "64Mi"
+                assert volume == {"name": mount["name"], "emptyDir": {"sizeLimit": size}}
         self.env = {"PATH": os.environ["PATH"]}
         for var in container["env"]:
             if "value" in var:

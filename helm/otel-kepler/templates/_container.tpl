@@ -40,6 +40,8 @@ and, to restart its pods when the config changes, this pod annotation:
   valueFrom: {fieldRef: {fieldPath: metadata.uid}}
 - name: PYTHONUNBUFFERED
   value: "1"
+- name: STATE_DIRECTORY
+  value: /var/lib/otel-kepler
 {{- if $v.otlp.enabled }}
 {{- range $name, $ref := $v.otlp.headers }}
 - name: {{ include "otel-kepler.headerEnv" $name }}
@@ -108,6 +110,8 @@ and, to restart its pods when the config changes, this pod annotation:
       readOnly: true
     - name: otel-kepler-tmp
       mountPath: /tmp
+    - name: otel-kepler-state
+      mountPath: /var/lib/otel-kepler
     {{- if include "otel-kepler.otlpTlsKeys" . | fromJsonArray }}
     - name: otel-kepler-otlp-tls
       mountPath: {{ include "otel-kepler.otlpTlsDir" . }}
@@ -198,6 +202,14 @@ and, to restart its pods when the config changes, this pod annotation:
 - name: otel-kepler-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if and $v.hostPaths.state (ne $v.mode "sidecar") (eq (include "otel-kepler.privilege" .) "high") }}
+- name: otel-kepler-state
+  hostPath: {path: {{ $v.hostPaths.state | quote }}, type: DirectoryOrCreate}
+{{- else }}
+- name: otel-kepler-state
+  emptyDir:
+    sizeLimit: 1Mi
+{{- end }}
 {{- with include "otel-kepler.otlpTlsKeys" . | fromJsonArray }}
 - name: otel-kepler-otlp-tls
   secret:
