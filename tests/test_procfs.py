@@ -239,25 +239,39 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def stat_fds() -> int:
+    """Descriptors of this process open on a /proc/PID/stat file (other parts of the
+    test process may open and close files meanwhile: they are not counted)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/proc/") and target.endswith("/stat"):
+            count += 1
+    return count
+
+
 def test_stat_files_stay_open_until_their_process_is_gone(
     children: list[subprocess.Popen[str]], receivers: Make
 ) -> None:
     child = spawn(SLEEP)
     children.append(child)
-    before = open_fds()
+    before = stat_fds()
     receiver = receivers()
     first = receiver.collect().processes
     assert first is not None and child.pid in first
     # one stat file per process, up to the budget the host's limit leaves (computed
     # after ``before`` was counted, so it matches what the scan saw)
-    assert open_fds() - before == min(len(first), reader_module.fd_budget())
+    assert stat_fds() - before == min(len(first), reader_module.fd_budget())
     child.kill()
     child.wait()
     second = receiver.collect().processes
     assert second is not None and child.pid not in second
-    assert open_fds() - before == min(len(second), reader_module.fd_budget())
+    assert stat_fds() - before == min(len(second), reader_module.fd_budget())
     receiver.shutdown()
-    assert open_fds() == before
+    assert stat_fds() == before
 
 
 def test_stat_files_past_the_fd_budget_are_reopened(
@@ -265,21 +279,21 @@ def test_stat_files_past_the_fd_budget_are_reopened(
 ) -> None:
     children += [spawn(SLEEP), spawn(BURN)]
     monkeypatch.setattr(reader_module, "fd_budget", lambda: 5)
-    before = open_fds()
+    before = stat_fds()
     receiver = receivers()
     pid = children[1].pid
     _, start = bracketed(receiver, [pid])
-    assert open_fds() - before == 5
+    assert stat_fds() - before == 5
     time.sleep(0.3)
     part, end = bracketed(receiver, [pid])
     ticked = part.processes
     assert ticked is not None
-    assert open_fds() - before == 5
+    assert stat_fds() - before == 5
     burn = ticked[pid]  # its stat file was reopened: still a true delta
     assert burn.cpu_delta > 0
     assert within(burn.cpu_delta, start[pid], end[pid]), (burn.cpu_delta, start, end)
     receiver.shutdown()
-    assert open_fds() == before
+    assert stat_fds() == before
 
 
 def test_start_raises_the_open_files_limit(receivers: Make) -> None:
