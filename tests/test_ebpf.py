@@ -29,7 +29,7 @@ import pytest
 from otel_kepler.component import ComponentError, HostSettings
 from otel_kepler.data import NO_WORKLOAD, Contribution, ProcessSample, Workload
 from otel_kepler.receivers import ebpf
-from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver, doctor, factory, loader
+from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver, doctor, factory, io_program, loader
 from otel_kepler.receivers.ebpf.cgroups import CgroupResolver, cgroup2_mount
 from otel_kepler.receivers.ebpf.host import ProcHost
 from otel_kepler.receivers.ebpf.loader import Drained, KernelPaths
@@ -959,3 +959,45 @@ def test_missing_counters_are_said_once(caplog: pytest.LogCaptureFixture) -> Non
         ]
     else:
         assert said == [f"ebpf: no hardware counters: {why}; CPU time only"]
+
+
+def test_io_programs_that_fail_leave_network_to_the_namespaces(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scheduler program still runs; network bytes come from the pod namespaces."""
+    require_ebpf()
+    broken = io_program.SOURCE.replace("return 1;\n}", "return *(u64 *)0;\n}", 1)
+    assert broken != io_program.SOURCE
+    monkeypatch.setattr(io_program, "SOURCE", broken)
+    before = set(bpf_programs())
+    receiver = EbpfReceiver("ebpf", EbpfConfig(fallback="none"), HostSettings())
+    try:
+        with caplog.at_level(logging.WARNING, logger="otel_kepler.receivers.ebpf"):
+            receiver.start()
+        mine = sorted(n for i, n in bpf_programs().items() if i not in before)
+        assert receiver.probe is not None and receiver.io is None
+        assert receiver.activity is not None and receiver.activity.config.network
+        assert receiver.collect().processes
+    finally:
+        receiver.shutdown()
+    assert mine == ["otelk_exec", "otelk_exit", "otelk_switch"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("ebpf: the BPF I/O programs failed to load: ")
+    assert warning.endswith("; network bytes from the pod network namespaces")
+
+
+def test_io_programs_can_be_turned_off() -> None:
+    require_ebpf()
+    before = set(bpf_programs())
+    config = EbpfConfig(fallback="none", softirqs=False, network=False)
+    receiver = EbpfReceiver("ebpf", config, HostSettings())
+    try:
+        receiver.start()
+        mine = sorted(n for i, n in bpf_programs().items() if i not in before)
+        tick = receiver.collect()
+    finally:
+        receiver.shutdown()
+    assert mine == ["otelk_exec", "otelk_exit", "otelk_switch"]
+    assert receiver.io_off is None  # nothing asked for, nothing missing
+    assert tick.processes is not None
+    assert all(s.net_rx_irq == 0 for s in tick.processes.values())
