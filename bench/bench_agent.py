@@ -25,8 +25,9 @@ Soak. 1,000 sleeping processes plus 20 process starts and 20 ends a second (each
 2 s); two agents at process level, side by side: (a) OTLP to a live sink and nobody
 scraping, (b) OTLP to a closed port. VmRSS every 5 s; start is taken after one minute.
 
-Profile (``--only profile``, root): py-spy records the agent at 1,000 processes, process
-level, procfs, and prints the share of samples by function (own and with callees).
+Profile (``--only profile``, root): py-spy records the agent at 1,000 processes (the first
+of ``--modes``, ``--levels process`` or ``default``) and prints the share of its busy
+samples by function (own and with callees).
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ class Run:
     mode: str
     levels: str
     spawned: int
-    in_proc: int = 0
+    in_proc: int = 0  # processes in /proc at the window's start
+    in_proc_end: int = 0
     ticks: float = 0.0
     tick_ms: float = 0.0  # all agent CPU in the window, per tick
     tick_ms_no_scrape: float = 0.0
@@ -256,6 +258,7 @@ def measure_agent(
         elapsed = time.monotonic() - began
         posts1, wire1, raw1 = sink.counts()
         run.mem = memory(agent.pid)
+        run.in_proc_end = process_count()
         run.load = (load0, os.getloadavg()[0])
         run.ticks = elapsed / INTERVAL_S
         total_ms = (cpu1 - cpu0) * 1e3
@@ -298,8 +301,10 @@ def print_runs(runs: list[Run], peers: dict[int, tuple[float, float | None]]) ->
         ne_text = f"{ne:.1f}" if ne is not None else "n/a"
         ne_ratio = f"{r.tick_ms_no_scrape / ne:.2f}" if ne else "n/a"
         print(
-            f"| {r.mode} | {r.levels} | {r.spawned:,} | {r.in_proc:,} | {r.tick_ms:.1f} "
-            f"| {r.tick_ms_no_scrape:.1f} | {r.tick_ms_no_scrape * 1e3 / r.in_proc:.1f} "
+            f"| {r.mode} | {r.levels} | {r.spawned:,} | {r.in_proc:,}-{r.in_proc_end:,} "
+            f"| {r.tick_ms:.1f} "
+            f"| {r.tick_ms_no_scrape:.1f} "
+            f"| {r.tick_ms_no_scrape * 2e3 / (r.in_proc + r.in_proc_end):.1f} "
             f"| {ps:.1f} | {r.tick_ms_no_scrape / ps:.2f} | {ne_text} | {ne_ratio} "
             f"| {r.scrape_median:.1f} | {r.mem.get('VmRSS', 0):.1f} | {r.mem.get('VmHWM', 0):.1f} "
             f"| {r.mem.get('RssAnon', 0):.1f} | {r.wire_per_export / 1024:,.1f} / "
@@ -395,6 +400,9 @@ def soak(args: argparse.Namespace, work: Path) -> None:
             f"| {end_rss - start:+.1f} MiB | {top - start:+.1f} MiB |"
         )
     print(f"# (a) exports received: {posts:,}; load {os.getloadavg()[0]:.1f}", flush=True)
+    for key in ("a", "b"):
+        per_minute = [f"{rss:.0f}" for t, rss in samples[key][::12]]
+        print(f"# ({key}) VmRSS MiB each minute: {' '.join(per_minute)}")
 
 
 # --------------------------------------------------------------------------- profile
@@ -408,9 +416,9 @@ def profile(args: argparse.Namespace, work: Path) -> None:
     with SleepingProcesses(1000):
         sink = OtlpSink()
         prom = free_port()
-        agent = Agent(
-            work, "profile", agent_config("procfs", PROCESS_LEVELS, sink.port, prom), prom
-        )
+        levels = DEFAULT_LEVELS if args.levels == "default" else PROCESS_LEVELS
+        config = agent_config(args.modes[0], levels, sink.port, prom)
+        agent = Agent(work, "profile", config, prom)
         try:
             agent.wait_ready()
             time.sleep(args.warmup)
@@ -427,6 +435,7 @@ def profile(args: argparse.Namespace, work: Path) -> None:
             sink.close()
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
+    lines: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in out.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -438,15 +447,25 @@ def profile(args: argparse.Namespace, work: Path) -> None:
         if not frames or re.search(r"^(wait|select|_wait_for_tstate_lock|sleep|accept)\b",
                                    frames[-1]):  # fmt: skip
             continue
+        functions = [re.sub(r":\d+\)$", ")", frame) for frame in frames]  # lines merged
+        lines[frames[-1]] += count
         samples += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            total[frame] += count
-    print(f"# py-spy: {samples:,} busy samples at 200 Hz over {seconds} s ({out})")
-    print("| function (file:line) | own % | with callees % |")
+        own[functions[-1]] += count
+        for function in set(functions):
+            total[function] += count
+    print(
+        f"# py-spy: {args.modes[0]}, {args.levels} levels, 1,000 processes: {samples:,} busy "
+        f"samples at 200 Hz over {seconds} s"
+    )
+    print("| function (file) | own % | with callees % |")
     print("|---|---:|---:|")
     for frame, count in own.most_common(25):
         print(f"| {frame} | {100 * count / samples:.1f} | {100 * total[frame] / samples:.1f} |")
+    print()
+    print("| line (own time) | % |")
+    print("|---|---:|")
+    for frame, count in lines.most_common(15):
+        print(f"| {frame} | {100 * count / samples:.1f} |")
     print()
     print("| function, by time with callees | % |")
     print("|---|---:|")
@@ -466,6 +485,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0 if quick else 10.0)
     parser.add_argument("--soak-minutes", type=float, default=2.0 if quick else 10.0)
     parser.add_argument("--only", choices=["cpu", "soak", "profile"], default=None)
+    parser.add_argument(
+        "--levels", choices=["process", "default"], default="process", help="profile only"
+    )
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.modes = args.modes.split(",")
