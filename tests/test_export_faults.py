@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -341,41 +342,60 @@ def resource_key(rm: object) -> tuple[tuple[str, object], ...]:
     return tuple(sorted(attributes_dict(rm.resource.attributes).items()))  # type: ignore[attr-defined]
 
 
+def tick_time(request: object) -> int:
+    """The time of a request's data points (one batch, one tick, one time)."""
+    metric = request.resource_metrics[0].scope_metrics[0].metrics[0]  # type: ignore[attr-defined]
+    return int(getattr(metric, metric.WhichOneof("data")).data_points[0].time_unix_nano)
+
+
 def test_a_batch_too_large_is_split_and_every_resource_arrives_once(
     tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
     """HTTP 413 / gRPC RESOURCE_EXHAUSTED without RetryInfo, for any request of more than
     a quarter of this machine's processes: the batch is halved until each part fits; the
     accepted parts hold every resource of the refused batch exactly once, byte for byte."""
-    agent = start_agent(tmp_path, sink, processes=True)
+    # A timeout far above what a request takes: a request timed out after the backend
+    # took it would be sent again (at-least-once), which is not what this test counts.
+    agent = start_agent(tmp_path, sink, processes=True, timeout="60s")
     try:
         agent.service.tick()
         agent.tick(10.0)
-        sink.wait_for_requests(2)
+        sink.wait_for_requests(2, timeout=60)
         first = sink.requests[-1]
         limit = max(2, len(first.resource_metrics) // 4)
         sink.clear()
         sink.respond_sequence(then=Answer.too_large(limit))
         with caplog.at_level(logging.DEBUG, logger=EXPORTING):
             agent.tick(10.0)
-            refused = sink.wait_for_calls(1)[0]
-            want = {resource_key(rm) for rm in refused.request.resource_metrics}
+            tick = tick_time(sink.wait_for_calls(1)[0].request)
 
-            def arrived() -> list[object]:
-                return [rm for r in sink.requests for rm in r.resource_metrics]
+            def this_tick(outcome: str) -> list[Any]:
+                """This tick's resources in calls with that outcome (an earlier tick's
+                requests may still be arriving)."""
+                return [
+                    rm
+                    for c in sink.calls
+                    if c.outcome == outcome and tick_time(c.request) == tick
+                    for rm in c.request.resource_metrics
+                ]
 
-            wait_until(lambda: {resource_key(rm) for rm in arrived()} >= want, timeout=60)
+            def complete() -> bool:
+                refused = {resource_key(rm) for rm in this_tick("error")}
+                return refused <= {resource_key(rm) for rm in this_tick("ok")}
+
+            wait_until(complete, timeout=60)
             time.sleep(0.5)  # nothing more comes
     finally:
         agent.service.shutdown()
-    calls = sink.calls
-    n = len(refused.request.resource_metrics)
-    assert n > 8 and refused.outcome == "error"
-    sent = {resource_key(rm): rm.SerializeToString() for rm in refused.request.resource_metrics}
-    assert len(sent) == n
-    keys = [resource_key(rm) for rm in arrived()]
-    assert len(keys) == len(set(keys)) == n  # each exactly once
-    assert {resource_key(rm): rm.SerializeToString() for rm in arrived()} == sent  # type: ignore[attr-defined]
+    calls = [c for c in sink.calls if tick_time(c.request) == tick]
+    # What was refused (the whole batch, or with gRPC on a node whose batch exceeds the
+    # transport's own 4 MiB limit, both its halves) is every resource of the tick.
+    sent = {resource_key(rm): rm.SerializeToString() for rm in this_tick("error")}
+    arrived = this_tick("ok")
+    keys = [resource_key(rm) for rm in arrived]
+    assert len(sent) > 8
+    assert len(keys) == len(set(keys)) == len(sent)  # each exactly once
+    assert {resource_key(rm): rm.SerializeToString() for rm in arrived} == sent
     accepted = [len(c.request.resource_metrics) for c in calls if c.outcome == "ok"]
     assert max(accepted) <= limit
     # Halving: each refused request became two (a half of only ended workloads already
@@ -722,7 +742,8 @@ service:
             seconds, code, _, err = agent.stop()
     assert code == 0, err
     lines = log_lines(err)
-    assert {logger for _, logger, _ in lines} <= {"otel_kepler", "otel_kepler.exporting"}
+    # log_lines() took only the agent's own loggers (otel_kepler.*): none from gRPC, urllib3
+    # or the OpenTelemetry SDK; and no line from the exporters but these:
     errors = [message for level, _, message in lines if level == "ERROR"]
     assert len(errors) == 2, errors
     assert (
@@ -751,7 +772,8 @@ def test_the_queue_never_holds_more_than_queue_size_batches(
     """Process level on, one backend hung with a queue of 3: the batch in flight, 3 waiting,
     and every other batch dropped: at tick k the dropped counter is exactly k - 2 - 3.
 
-    A second, healthy backend receives every tick, so the ticks can be counted."""
+    A second pipeline sends each tick's node series (with the same agent counters) to a
+    healthy backend, small enough never to fall behind, so the ticks can be counted."""
     otlp_http_sink.respond_hang(60.0)
     agent = run_agent(
         agent_process,
@@ -759,7 +781,9 @@ def test_the_queue_never_holds_more_than_queue_size_batches(
         f"""
 host: {{sysfs: {tmp_path / "sys"}}}
 receivers: {{rapl: {{}}, procfs: {{}}}}
-processors: {{attribution: {{levels: [node, process, container, pod]}}}}
+processors:
+  attribution: {{levels: [node, process, container, pod]}}
+  attribution/node: {{}}
 exporters:
   otlphttp:
     metrics_endpoint: {otlp_http_sink.metrics_url}
@@ -769,22 +793,64 @@ exporters:
 service:
   interval: 300ms
   pipelines:
-    metrics: {{receivers: [rapl, procfs], processors: [attribution], exporters: [otlphttp, otlp]}}
+    metrics: {{receivers: [rapl, procfs], processors: [attribution], exporters: [otlphttp]}}
+    metrics/count: {{receivers: [rapl], processors: [attribution/node], exporters: [otlp]}}
 """,
     )
+    name = "otel_kepler.agent.exporter.dropped.batches"
     with e2e.PoweredTree(tmp_path / "sys"):
-        otlp_grpc_sink.wait_for_requests(12, timeout=60)
+        wait_until(lambda: len(points_of(otlp_grpc_sink, name, exporter="otlphttp")) >= 12, 60)
         seconds, code, _, err = agent.stop()
     assert code == 0, err
-    dropped = points_of(
-        otlp_grpc_sink, "otel_kepler.agent.exporter.dropped.batches", exporter="otlphttp"
-    )
+    dropped = points_of(otlp_grpc_sink, name, exporter="otlphttp")
     failed = points_of(
         otlp_grpc_sink, "otel_kepler.agent.exporter.failed.batches", exporter="otlphttp"
     )
-    assert len(dropped) == len(otlp_grpc_sink.requests) >= 12
+    assert len(dropped) == len(failed) == len(otlp_grpc_sink.requests) >= 12
     assert set(failed) == {0.0}
     for k, d in enumerate(dropped, start=1):
         # The stats of tick k count the k - 1 batches submitted before it.
         assert d == max(0, (k - 1) - 1 - 3), (k, dropped)
     assert len(otlp_http_sink.calls) == 1
+
+
+def test_a_restarting_grpc_backend_leaves_only_the_agents_lines_in_the_log(
+    tmp_path: Path, agent_process: list[e2e.Agent]
+) -> None:
+    """The gRPC backend restarts three times (each time closing its connections with a
+    GOAWAY): data arrives after each restart, every failing period is one ERROR line
+    closed by one recovery line, and gRPC's own core writes nothing to the log."""
+    port = free_port()
+    sink = OtlpGrpcSink(port=port).start()
+    try:
+        agent = run_agent(
+            agent_process,
+            tmp_path,
+            f"""
+host: {{sysfs: {tmp_path / "sys"}}}
+receivers: {{rapl: {{}}}}
+processors: {{attribution: {{}}}}
+exporters:
+  otlp: {{endpoint: "127.0.0.1:{port}", tls: {{insecure: true}}, timeout: 1s}}
+service:
+  interval: 200ms
+  pipelines:
+    metrics: {{receivers: [rapl], processors: [attribution], exporters: [otlp]}}
+""",
+        )
+        with e2e.PoweredTree(tmp_path / "sys"):
+            sink.wait_for_requests(3, timeout=60)
+            for _ in range(3):
+                sink.stop()
+                time.sleep(0.5)
+                sink = OtlpGrpcSink(port=port).start()
+                sink.wait_for_requests(3, timeout=30)
+            seconds, code, _, err = agent.stop()
+    finally:
+        sink.stop()
+    assert code == 0, err
+    lines = log_lines(err)  # fails on any line not written by the agent's logging
+    failing = [m for level, _, m in lines if level == "ERROR"]
+    recovered = [m for _, _, m in lines if RECOVERED.search(m)]
+    assert 1 <= len(failing) == len(recovered) <= 3, lines
+    assert all(m.startswith("exporter otlp: export failing (retrying): gRPC ") for m in failing)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import logging
+import os
 import time
 from typing import Any
 
@@ -39,6 +40,7 @@ from otel_kepler.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+MAX_RECONNECT_BACKOFF_MS = 5000
 
 
 class _OtlpExporter(Exporter):
@@ -150,10 +152,19 @@ class OtlpGrpcExporter(_OtlpExporter):
         self._export: Any = None
 
     def start(self) -> None:
+        # gRPC's C core writes its own lines to standard error (a backend restarting is
+        # "Got goaway" at INFO); the exporter reports failures itself, once. A user's
+        # GRPC_VERBOSITY still wins. Read when gRPC starts, so set before the import.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         import grpc
 
         s = self.settings
-        options = [("grpc.primary_user_agent", "otel-kepler")]
+        options = [
+            ("grpc.primary_user_agent", "otel-kepler"),
+            # gRPC's reconnect backoff grows to 120 s by default: a backend back after a
+            # long outage would wait that long. Every tick's batch tries anyway.
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ]
         compression = grpc.Compression.Gzip if s.gzip else grpc.Compression.NoCompression
         if s.insecure:
             self._channel = grpc.insecure_channel(s.target, options, compression)
