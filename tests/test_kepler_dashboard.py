@@ -31,7 +31,16 @@ import pytest
 import yaml
 
 from tests.conftest import need_root
-from tests.kepler_host import CONTAINER, DRAM_W, NAMESPACE, PACKAGE_W, POD, VM_NAME, KeplerHost
+from tests.kepler_host import (
+    CONTAINER,
+    DRAM_W,
+    NAMESPACE,
+    PACKAGE_W,
+    POD,
+    POWER_JITTER,
+    VM_NAME,
+    KeplerHost,
+)
 from tests.peers import Prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +183,7 @@ def scraped() -> Iterator[tuple[KeplerHost, Prometheus]]:
             {"targets": [f"127.0.0.1:{port}"], "labels": {"job": name}}
             for name, port in host.ports.items()
         ]
-        prom = Prometheus([], scrape_interval="1s", scrape_config={"static_configs": static})
+        prom = Prometheus([], scrape_interval="2s", scrape_config={"static_configs": static})
         with prom:
             host.wait_for("kepler_vm_cpu_watts{", f'pod_name="{POD}"', pipeline="kepler")
             enough = lambda r: bool(r) and float(r[0]["value"][1]) >= 3  # noqa: E731
@@ -222,10 +231,11 @@ def test_keplers_levels_fill_every_panel_and_variable(
     assert {"chart", "kepler"} <= set(options["job"])
     assert options["node"] == [f"127.0.0.1:{host.ports['kepler']}"]
     assert options["zone"] == ["dram", "package"]
+    # Other tests on this machine may run containers and VMs too: ours are among them.
     assert options["namespace"] == [NAMESPACE]
     assert options["pod"] == [POD]
-    assert options["container"] == [CONTAINER]
-    assert options["vm"] == [VM_NAME]
+    assert CONTAINER in options["container"]
+    assert VM_NAME in options["vm"]
     assert str(host.burner_pid) in options["process"]
     assert str(host.qemu_pid) in options["process"]
     answers: dict[int, list[dict[str, Any]]] = {}
@@ -239,10 +249,9 @@ def test_keplers_levels_fill_every_panel_and_variable(
     def by_zone(panel: int) -> dict[str, float]:
         return {r["metric"]["zone"]: float(r["value"][1]) for r in answers[panel]}
 
-    # 1 s ticks on a busy machine: one interval's power moves by up to 30 %.
     total = by_zone(200)
-    assert total["package"] == pytest.approx(PACKAGE_W, rel=0.3)
-    assert total["dram"] == pytest.approx(DRAM_W, rel=0.3)
+    assert total["package"] == pytest.approx(PACKAGE_W, rel=POWER_JITTER)
+    assert total["dram"] == pytest.approx(DRAM_W, rel=POWER_JITTER)
     # Active and idle power add up to the zone's power.
     for zone in ("package", "dram"):
         assert by_zone(201)[zone] + by_zone(202)[zone] == pytest.approx(total[zone], rel=1e-6)
@@ -253,9 +262,9 @@ def test_keplers_levels_fill_every_panel_and_variable(
     processes = by_zone(215)["package"]
     for level_total in (219, 209, 223):
         assert 0 < by_zone(level_total)["package"] <= processes * (1 + 1e-9), level_total
-    assert {r["metric"]["container_name"] for r in answers[214]} == {CONTAINER}
-    assert {r["metric"]["pod_namespace"] for r in answers[218]} == {NAMESPACE}
-    assert {r["metric"]["vm_name"] for r in answers[222]} == {VM_NAME}
+    assert CONTAINER in {r["metric"].get("container_name") for r in answers[214]}
+    assert NAMESPACE in {r["metric"].get("pod_namespace") for r in answers[218]}
+    assert VM_NAME in {r["metric"].get("vm_name") for r in answers[222]}
     assert {r["metric"]["pid"] for r in answers[210]} == {str(host.burner_pid)}
 
 
