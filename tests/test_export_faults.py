@@ -104,7 +104,7 @@ def start_agent(
     text = f"""
 host: {{sysfs: {tree.sysfs}, node_name: n1}}
 receivers: {{rapl: {{max_watts: 1.0e+12}}, procfs: {{}}}}
-processors: {{attribution: {{levels: {levels}}}}}
+processors: {{attribution: {{levels: {levels}, state_dir: "{tmp_path}"}}}}
 exporters:
   {exporter}
 service:
@@ -574,7 +574,7 @@ def test_an_ended_workload_reaches_victoria_metrics_after_an_outage(
         f"""
 host: {{sysfs: {tmp_path / "sys"}, node_name: outage-node}}
 receivers: {{rapl: {{}}, procfs: {{}}}}
-processors: {{attribution: {{levels: [node, process, container, pod]}}}}
+processors: {{attribution: {{levels: [node, process, container, pod], state_dir: "{tmp_path}"}}}}
 exporters:
   otlphttp:
     metrics_endpoint: {vm.otlp_metrics_url}
@@ -669,7 +669,7 @@ def hung_config(tmp_path: Path, sink: OtlpHttpSink, port: int = 0) -> str:
     return f"""
 host: {{sysfs: {tmp_path / "sys"}}}
 receivers: {{rapl: {{}}}}
-processors: {{attribution: {{}}}}
+processors: {{attribution: {{state_dir: "{tmp_path}"}}}}
 exporters:
   otlphttp:
     metrics_endpoint: {sink.metrics_url}
@@ -724,7 +724,7 @@ def test_a_dead_backend_is_logged_once_and_its_recovery_once(
         f"""
 host: {{sysfs: {tmp_path / "sys"}}}
 receivers: {{rapl: {{}}}}
-processors: {{attribution: {{}}}}
+processors: {{attribution: {{state_dir: "{tmp_path}"}}}}
 exporters:
   otlphttp: {{metrics_endpoint: "http://127.0.0.1:{http_port}/v1/metrics", timeout: 1s}}
   otlp: {{endpoint: "127.0.0.1:{grpc_port}", tls: {{insecure: true}}, timeout: 1s}}
@@ -782,8 +782,8 @@ def test_the_queue_never_holds_more_than_queue_size_batches(
 host: {{sysfs: {tmp_path / "sys"}}}
 receivers: {{rapl: {{}}, procfs: {{}}}}
 processors:
-  attribution: {{levels: [node, process, container, pod]}}
-  attribution/node: {{}}
+  attribution: {{levels: [node, process, container, pod], state_dir: "{tmp_path}"}}
+  attribution/node: {{state_dir: "{tmp_path}"}}
 exporters:
   otlphttp:
     metrics_endpoint: {otlp_http_sink.metrics_url}
@@ -829,7 +829,7 @@ def test_a_restarting_grpc_backend_leaves_only_the_agents_lines_in_the_log(
             f"""
 host: {{sysfs: {tmp_path / "sys"}}}
 receivers: {{rapl: {{}}}}
-processors: {{attribution: {{}}}}
+processors: {{attribution: {{state_dir: "{tmp_path}"}}}}
 exporters:
   otlp: {{endpoint: "127.0.0.1:{port}", tls: {{insecure: true}}, timeout: 1s}}
 service:

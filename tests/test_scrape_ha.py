@@ -63,7 +63,7 @@ def test_both_of_an_ha_pair_hold_every_ended_workload(
             f"""
 host: {{sysfs: {tmp_path / "sys"}, node_name: ha-node}}
 receivers: {{rapl: {{}}, procfs: {{}}}}
-processors: {{attribution: {{levels: [node, process]}}}}
+processors: {{attribution: {{levels: [node, process], state_dir: "{tmp_path}"}}}}
 exporters: {{prometheus: {{endpoint: "127.0.0.1:{port}"}}}}
 service:
   interval: 500ms

@@ -116,8 +116,8 @@ def test_scrapers_and_idle_connections_do_not_disturb_the_ticks(
 host: {{sysfs: {tmp_path / "sys"}, node_name: load-node}}
 receivers: {{rapl: {{}}, procfs: {{}}}}
 processors:
-  attribution: {{levels: [node, process]}}
-  attribution/node: {{levels: [node]}}
+  attribution: {{levels: [node, process], state_dir: "{tmp_path}"}}
+  attribution/node: {{levels: [node], state_dir: "{tmp_path}"}}
 exporters:
   prometheus:
     endpoint: "127.0.0.1:{port}"
