@@ -16,9 +16,10 @@ cost is the agent's schedstat run time across the request (median of the window'
 scrapes). Bytes per export come from the sink; microseconds per OTLP data point from the
 agent's own counters (exporter CPU / points sent) read from its /metrics.
 
-Beside it, on the same processes: a psutil ``process_iter(['cpu_times', 'name'])`` pass in
-this process (``time.process_time``, median of 9 after a first pass), and Debian's
-prometheus-node-exporter with only the processes collector, its CPU per scrape over 20
+Beside it, on the same processes, right after each window: a psutil
+``process_iter(['cpu_times', 'name'])`` pass in this process (``time.process_time``,
+median of 9 after a first pass), and Debian's prometheus-node-exporter with only the
+processes collector, its CPU per scrape over 20
 scrapes (`make bench-deps` unpacks it; without it that column says n/a).
 
 Soak. 1,000 sleeping processes plus 20 process starts and 20 ends a second (each lives
@@ -219,6 +220,8 @@ class Run:
     series: int = 0
     mem: dict[str, float] = field(default_factory=dict)
     load: tuple[float, float] = (0.0, 0.0)
+    psutil_ms: float = float("nan")
+    node_exporter_ms: float | None = None
 
     @property
     def scrape_median(self) -> float:
@@ -288,7 +291,7 @@ def measure_agent(
         sink.close()
 
 
-def print_runs(runs: list[Run], peers: dict[int, tuple[float, float | None]]) -> None:
+def print_runs(runs: list[Run]) -> None:
     head = (
         "| mode | levels | spawned | in /proc | agent ms/tick | w/o scrapes | us/process "
         "| psutil ms | x psutil | node-exporter ms | x node-exp. | scrape ms | VmRSS | VmHWM "
@@ -297,7 +300,7 @@ def print_runs(runs: list[Run], peers: dict[int, tuple[float, float | None]]) ->
     print(head)
     print("|---|---|" + "---:|" * 17)
     for r in runs:
-        ps, ne = peers[r.spawned]
+        ps, ne = r.psutil_ms, r.node_exporter_ms
         ne_text = f"{ne:.1f}" if ne is not None else "n/a"
         ne_ratio = f"{r.tick_ms_no_scrape / ne:.2f}" if ne else "n/a"
         print(
@@ -319,34 +322,32 @@ def cpu_runs(args: argparse.Namespace, work: Path) -> None:
     if binary is None:
         print("prometheus-node-exporter not found: `make bench-deps` unpacks it", flush=True)
     runs: list[Run] = []
-    peers: dict[int, tuple[float, float | None]] = {}
     for n in args.sizes:
         with SleepingProcesses(n):
             time.sleep(2)
-            ps = psutil_ms()
-            ne = node_exporter_ms(binary, work)
-            peers[n] = (ps, ne)
-            ne_text = f"{ne:.1f} ms" if ne is not None else "n/a"
-            print(
-                f"# {n:,} spawned, {process_count():,} in /proc: psutil {ps:.1f} ms, "
-                f"node-exporter {ne_text} per scrape, load {os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
+            print(f"# {n:,} spawned, {process_count():,} in /proc", flush=True)
             plans = [(mode, PROCESS_LEVELS) for mode in args.modes]
             if n == 1000:
                 plans += [(mode, DEFAULT_LEVELS) for mode in args.modes]
             for mode, levels in plans:
                 run = measure_agent(work, mode, levels, n, args.warmup, args.window)
+                # The peers right after the window, on the same processes (other users of
+                # the machine may have started or ended some since the last window).
+                run.psutil_ms = psutil_ms()
+                run.node_exporter_ms = node_exporter_ms(binary, work)
                 runs.append(run)
+                ne = run.node_exporter_ms
                 print(
-                    f"#   {mode} {run.levels}: {run.tick_ms_no_scrape:.1f} ms/tick "
-                    f"({run.tick_ms_no_scrape / ps:.2f}x psutil), scrape "
+                    f"#   {mode} {run.levels}: {run.tick_ms_no_scrape:.1f} ms/tick, psutil "
+                    f"{run.psutil_ms:.1f} ms ({run.tick_ms_no_scrape / run.psutil_ms:.2f}x), "
+                    f"node-exporter {f'{ne:.1f} ms' if ne is not None else 'n/a'}, scrape "
                     f"{run.scrape_median:.1f} ms, RssAnon {run.mem.get('RssAnon', 0):.1f} MiB, "
+                    f"{run.in_proc:,}-{run.in_proc_end:,} in /proc, "
                     f"load {run.load[0]:.1f}-{run.load[1]:.1f}",
                     flush=True,
                 )
     print()
-    print_runs(runs, peers)
+    print_runs(runs)
 
 
 # --------------------------------------------------------------------------- soak
