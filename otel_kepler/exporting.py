@@ -230,13 +230,15 @@ class ExporterWorker:
 
         Older batches are sent (oldest first, keeping the backend's order) only while the
         backend answers and time is left; the newest one, with the latest totals, is
-        always tried.
+        always tried. Every batch not delivered, including a request still under way
+        at the deadline, is counted once as dropped and said in one line.
         """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
             while self._busy and time.monotonic() < deadline:
                 self._cond.wait(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            abandoned = self._busy  # a request still under way at the deadline is given up
             waiting = list(self._queue)
             self._queue.clear()
         if self._thread is not None:
@@ -244,7 +246,7 @@ class ExporterWorker:
         by_pipeline: dict[str, list[Snapshot]] = {}
         for data, pipeline in waiting:
             by_pipeline.setdefault(pipeline, []).append(data)
-        skipped = 0
+        skipped = int(abandoned)
         failed = self.failed  # a batch not sent now is counted once: as dropped, not failed
         for pipeline, batches in by_pipeline.items():
             *older, newest = batches
