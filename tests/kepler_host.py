@@ -137,6 +137,7 @@ class KeplerHost:
         self._driver = forked.Process(target=self._drive, daemon=True)
         self._children: list[subprocess.Popen[bytes]] = []
         self._cgroups: Path | None = None
+        self._pod_slice: Path | None = None
         self._kube: KubeServer | None = None
         self._bmc: Server | None = None
         self.agent: subprocess.Popen[str] | None = None
@@ -167,12 +168,12 @@ class KeplerHost:
         mount = cgroup_mount("cgroup2", "")
         assert mount is not None, "no cgroup v2 hierarchy mounted"
         self._cgroups = mount / f"otel-kepler-kepler-{os.getpid()}"
-        scope = (
+        self._pod_slice = (
             self._cgroups
             / "kubepods.slice/kubepods-besteffort.slice"
             / f"kubepods-besteffort-pod{self.pod_uid.replace('-', '_')}.slice"
-            / f"cri-containerd-{self.container_id}.scope"
         )
+        scope = self._pod_slice / f"cri-containerd-{self.container_id}.scope"
         scope.mkdir(parents=True)
         burner = subprocess.Popen([sys.executable, "-c", BURN])
         self._children.append(burner)
@@ -287,6 +288,23 @@ class KeplerHost:
             self.gpu.samples = [*self.gpu.samples[-19:], sample]
             self.nvml.write()
             last = now
+
+    def run_in_container(self, seconds: float) -> tuple[subprocess.Popen[bytes], str]:
+        """A process that moves itself into a new container of the pod, burns CPU for
+        ``seconds`` and ends; returns it and the container's id."""
+        assert self._pod_slice is not None
+        cid = uuid.uuid4().hex + uuid.uuid4().hex
+        scope = self._pod_slice / f"cri-containerd-{cid}.scope"
+        scope.mkdir()
+        code = (
+            "import os, time\n"
+            f"open({str(scope / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+            f"end = time.monotonic() + {seconds}\n"
+            "while time.monotonic() < end:\n    pass\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", code])
+        self._children.append(child)
+        return child, cid
 
     def wait_for(self, *needles: str, timeout: float = 60.0, pipeline: str = "") -> str:
         """The pull endpoint's text once every needle is in it (the agent still running)."""

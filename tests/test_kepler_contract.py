@@ -349,3 +349,63 @@ def test_sockets_summed_into_one_zone_have_keplers_aggregated_path(tmp_path: Pat
         "dram": "aggregated-dram",
     }
     assert readings["package"].joules == pytest.approx(20.0, abs=1e-3)
+
+
+def test_ended_workloads_keep_keplers_labels_with_state_terminated(
+    run: tuple[KeplerHost, VictoriaMetrics, str],
+) -> None:
+    """A process and its container that end are served with state="terminated", their
+    final totals and the same labels (Kepler serves ended workloads too)."""
+    host, _, _ = run
+    child, cid = host.run_in_container(2.0)
+    assert child.wait(timeout=30) == 0
+    pid = str(child.pid)
+    deadline = time.monotonic() + 30
+    while True:
+        served = samples(host.scrape())
+        ended = [
+            labels
+            for labels, _ in served["kepler_container_cpu_joules_total"]
+            if labels["container_id"] == cid and labels["state"] == "terminated"
+        ]
+        if ended or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert ended, f"container {cid} not served as terminated"
+    for name in (
+        "kepler_process_cpu_joules_total",
+        "kepler_process_cpu_watts",
+        "kepler_process_cpu_seconds_total",
+    ):
+        found = [labels for labels, _ in served[name] if labels["pid"] == pid]
+        assert found, name
+        for labels in found:
+            assert labels["state"] == "terminated", name
+            assert labels["container_id"] == cid and labels["type"] == "container", name
+            assert set(labels) == KEPLER[name].expected, name
+    for name in (
+        "kepler_container_cpu_joules_total",
+        "kepler_container_cpu_watts",
+        "kepler_container_cpu_seconds_total",
+    ):
+        found = [labels for labels, _ in served[name] if labels["container_id"] == cid]
+        assert found and all(labels["state"] == "terminated" for labels in found), name
+        assert all(set(labels) == KEPLER[name].expected for labels in found), name
+    # Its final totals: the container's CPU time is its one process's (2 s of burning).
+    seconds = one(served, "kepler_container_cpu_seconds_total", container_id=cid)
+    assert seconds == pytest.approx(
+        one(served, "kepler_process_cpu_seconds_total", pid=pid), abs=1e-6
+    )
+    assert 0 < seconds <= 2.5
+    package = one(served, "kepler_container_cpu_joules_total", container_id=cid, zone="package")
+    assert package == pytest.approx(
+        one(served, "kepler_process_cpu_joules_total", pid=pid, zone="package"), rel=1e-9
+    )
+    assert package > 0
+    # The pod keeps running: its other container's process still does.
+    assert one(served, "kepler_pod_cpu_watts", pod_id=host.pod_uid, zone="package") >= 0
+    assert {
+        labels["state"]
+        for labels, _ in served["kepler_pod_cpu_watts"]
+        if labels["pod_id"] == host.pod_uid
+    } == {"running"}
