@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -557,16 +558,19 @@ def points_of(sink: Sink, name: str, **attributes: str) -> list[float]:
     ]
 
 
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
 def test_an_ended_workload_reaches_victoria_metrics_after_an_outage(
+    outage: str,
     tmp_path: Path,
     pod: Pod,
     victoria_metrics: VictoriaMetrics,
     otlp_grpc_sink: OtlpGrpcSink,
     agent_process: list[e2e.Agent],
 ) -> None:
-    """VictoriaMetrics is down for 10 s, and a pod's only process ends meanwhile: once it is
-    back, the ended process's and container's terminated series hold their final totals
-    (a gRPC sink, up all along, is the truth: the last running total, carried on)."""
+    """VictoriaMetrics is down for 10 s (stopped: connections refused; or frozen: requests
+    time out), and a pod's only process ends meanwhile: once it is back, the ended
+    process's and container's terminated series hold their final totals (a gRPC sink, up
+    all along, is the truth: the last running total, carried on)."""
     vm = victoria_metrics
     agent = run_agent(
         agent_process,
@@ -590,12 +594,20 @@ service:
     running = f'pid="{pod.pid}",zone="package",state="running"'
     with e2e.PoweredTree(tmp_path / "sys"):
         vm.wait_for(f"kepler_process_cpu_joules_total{{{running}}} > 0", timeout=60)
-        vm.halt()
-        outage = time.monotonic()
+        began = time.monotonic()
+        if outage == "stopped":  # connections refused
+            vm.halt()
+        else:  # connections accepted by the kernel, never answered: requests time out
+            assert vm.proc is not None
+            vm.proc.send_signal(signal.SIGSTOP)
         time.sleep(2.0)
         pod.end()
-        time.sleep(max(0.0, outage + 10.0 - time.monotonic()))
-        vm.restart()
+        time.sleep(max(0.0, began + 10.0 - time.monotonic()))
+        if outage == "stopped":
+            vm.restart()
+        else:
+            assert vm.proc is not None
+            vm.proc.send_signal(signal.SIGCONT)
         ended = f'pid="{pod.pid}",zone="package",state="terminated"'
         found = vm.wait_for(f"kepler_process_cpu_joules_total{{{ended}}}", timeout=30)
         ctr = f'container_id="{pod.container}",zone="package",state="terminated"'
