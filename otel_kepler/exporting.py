@@ -203,11 +203,13 @@ class ExporterWorker:
         if permanent:
             self.failed += 1
         self._failures_while_failing += 1
-        if self._failing_since is None:
+        first = self._failing_since is None
+        if first:
             self._failing_since = time.monotonic()
+        if first and not self._stopping:
             kind = "dropping the batch" if permanent else "retrying"
             log.error("exporter %s: export failing (%s): %s", self.id, kind, reason)
-        else:
+        else:  # again, or stopping (shutdown says in one line what was not sent)
             log.debug("exporter %s: export failed again: %s", self.id, reason)
 
     def _recovered(self) -> None:

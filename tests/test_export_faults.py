@@ -676,17 +676,18 @@ def test_sigterm_while_the_backend_hangs_sends_the_newest_totals_when_it_recover
     assert ("WARNING", EXPORTING, "exporter otlphttp: 1 batches not sent at shutdown") in lines
 
 
-def hung_config(tmp_path: Path, sink: OtlpHttpSink, port: int = 0) -> str:
+def hung_config(tmp_path: Path, sink: Sink, port: int = 0) -> str:
     pull = f'prometheus: {{endpoint: "127.0.0.1:{port}"}}' if port else ""
+    if isinstance(sink, OtlpHttpSink):
+        name, where = "otlphttp", f"metrics_endpoint: {sink.metrics_url}"
+    else:
+        name, where = "otlp", f'endpoint: "{sink.endpoint}", tls: {{insecure: true}}'
     return f"""
 host: {{sysfs: {tmp_path / "sys"}}}
 receivers: {{rapl: {{}}}}
 processors: {{attribution: {{state_dir: "{tmp_path}"}}}}
 exporters:
-  otlphttp:
-    metrics_endpoint: {sink.metrics_url}
-    timeout: 30s
-    sending_queue: {{queue_size: 2}}
+  {name}: {{{where}, timeout: 30s, sending_queue: {{queue_size: 2}}}}
   {pull}
 service:
   interval: 200ms
@@ -694,33 +695,32 @@ service:
     metrics:
       receivers: [rapl]
       processors: [attribution]
-      exporters: [otlphttp{", prometheus" if port else ""}]
+      exporters: [{name}{", prometheus" if port else ""}]
 """
 
 
 def test_sigterm_while_the_backend_hangs_for_good_counts_what_was_not_sent(
-    tmp_path: Path, otlp_http_sink: OtlpHttpSink, agent_process: list[e2e.Agent]
+    tmp_path: Path, sink: Sink, agent_process: list[e2e.Agent]
 ) -> None:
     """The backend never answers: the agent still exits within 5 s, and says how many
     batches it could not send (the hung one and the full queue of 2), beside the counter
     of dropped ones."""
-    otlp_http_sink.respond_hang(60.0)
+    sink.respond_hang(60.0)
+    name = "otlphttp" if isinstance(sink, OtlpHttpSink) else "otlp"
     port = free_port()
-    agent = run_agent(agent_process, tmp_path, hung_config(tmp_path, otlp_http_sink, port))
+    agent = run_agent(agent_process, tmp_path, hung_config(tmp_path, sink, port))
     with e2e.PoweredTree(tmp_path / "sys"):
-        otlp_http_sink.wait_for_calls(1, timeout=60)
+        sink.wait_for_calls(1, timeout=60)
         time.sleep(2.0)
         _, body = http_get(f"http://127.0.0.1:{port}/metrics")
         seconds, code, _, err = agent.stop()
     assert code == 0, err
     assert seconds < 5.0
-    dropped = e2e.sample(
-        body, "otel_kepler_agent_exporter_dropped_batches_total", exporter="otlphttp"
-    )
+    dropped = e2e.sample(body, "otel_kepler_agent_exporter_dropped_batches_total", exporter=name)
     assert dropped >= 5  # 2 s of 200 ms ticks behind one hung request and a queue of 2
-    assert len(otlp_http_sink.calls) == 1  # one request, held to the end
+    assert len(sink.calls) == 1  # one request, held to the end
     lines = log_lines(err)
-    assert ("WARNING", EXPORTING, "exporter otlphttp: 3 batches not sent at shutdown") in lines
+    assert ("WARNING", EXPORTING, f"exporter {name}: 3 batches not sent at shutdown") in lines
     assert not [line for line in lines if line[0] == "ERROR"]  # nothing failed: it hung
 
 
