@@ -290,19 +290,21 @@ class KeplerHost:
             last = now
 
     def run_in_container(self, seconds: float) -> tuple[subprocess.Popen[bytes], str]:
-        """A process that moves itself into a new container of the pod, burns CPU for
-        ``seconds`` and ends; returns it and the container's id."""
+        """A process in a new container of the pod that burns CPU for ``seconds`` and ends;
+        returns it and the container's id."""
         assert self._pod_slice is not None
         cid = uuid.uuid4().hex + uuid.uuid4().hex
         scope = self._pod_slice / f"cri-containerd-{cid}.scope"
         scope.mkdir()
-        code = (
-            "import os, time\n"
-            f"open({str(scope / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
-            f"end = time.monotonic() + {seconds}\n"
-            "while time.monotonic() < end:\n    pass\n"
+        # The shell moves itself into the container's cgroup, then becomes the burner (same
+        # pid): the process is in its container from its first instruction of Python on.
+        burn = (
+            f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
         )
-        child = subprocess.Popen([sys.executable, "-c", code])
+        script = 'echo $$ > "$1" && exec "$2" -c "$3"'
+        child = subprocess.Popen(
+            ["sh", "-c", script, "sh", str(scope / "cgroup.procs"), sys.executable, burn]
+        )
         self._children.append(child)
         return child, cid
 
