@@ -30,7 +30,9 @@ with the weights of the dimensions that saw no activity this tick given to the o
 a tick with no activity at all leaves E_other with the node. A process's network bytes
 are its pod's (or container's) shared out by CPU time; its block bytes are its own
 (``/proc/PID/io``), scaled to its container's cgroup counters where both exist.
-Containers and pods sum their processes.
+Containers and pods sum their processes. Zone ``other`` comes from one kind of
+platform meter (:data:`PLATFORM_PREFERENCE`), never the sum of two that measure the same
+machine.
 """
 
 from __future__ import annotations
@@ -164,9 +166,7 @@ class ActivityAccounting:
         ticks = self._process_deltas(batch, primed)
         containers, pods = self._group_deltas(batch, ticks, primed)
         if self.split.enabled:
-            other = sum(
-                z.interval_joules for z in zones if z.component == "platform" and z.zone == "other"
-            )
+            other = other_joules(zones)
             self._measures(ticks, containers, pods)
             self._split(ticks, other)
         self._fill(batch)
@@ -360,6 +360,25 @@ class ActivityAccounting:
         for table in (self._containers, self._pods):
             for key in [k for k, v in table.items() if v.seen <= oldest]:
                 del table[key]
+
+
+#: Where two kinds of platform meter report (a BMC and ACPI), workloads get zone other
+#: from one only, the first here (the node reports both); meters of one kind that are
+#: told apart (two chassis) measure different hardware and are summed.
+PLATFORM_PREFERENCE = ("ipmi", "redfish", "acpi", "hwmon", "model")
+
+
+def other_joules(zones: Iterable[ZoneEnergy]) -> float:
+    """This tick's joules of zone ``other`` from one source (see PLATFORM_PREFERENCE)."""
+    by_source: dict[str, float] = {}
+    for z in zones:
+        if z.component == "platform" and z.zone == "other":
+            by_source[z.source] = by_source.get(z.source, 0.0) + z.interval_joules
+    if not by_source:
+        return 0.0
+    rank = {source: i for i, source in enumerate(PLATFORM_PREFERENCE)}
+    best = min(by_source, key=lambda source: (rank.get(source, len(rank)), source))
+    return by_source[best]
 
 
 def _accumulate(totals: dict[str, float], deltas: Deltas) -> None:

@@ -35,7 +35,7 @@ from otel_kepler.data import (
     WorkloadEnergy,
     ZoneEnergy,
 )
-from otel_kepler.processors.activity import ActivityAccounting, OtherSplit
+from otel_kepler.processors.activity import ActivityAccounting, OtherSplit, other_joules
 from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
 from otel_kepler.receivers.ebpf import doctor as ebpf_doctor
 from otel_kepler.receivers.procfs import ProcfsReceiver, doctor
@@ -646,3 +646,19 @@ def test_cgroup_mounts_prefer_the_hosts(tmp_path: Path) -> None:
     )
     assert cgroup_mounts(str(info)) == ("/sys/fs/cgroup", "/sys/fs/cgroup/blkio")
     assert cgroup_mounts(str(tmp_path / "none")) == (None, None)
+
+
+def test_other_comes_from_one_kind_of_platform_meter() -> None:
+    def zone(source: str, joules: float, chassis: str = "") -> ZoneEnergy:
+        attrs = {"chassis_id": chassis} if chassis else None
+        return ZoneEnergy("platform", "other", source, attrs, joules, 0.0, 0, 0, 0)
+
+    assert other_joules([zone("acpi", 40.0), zone("ipmi", 30.0)]) == 30.0  # not both
+    assert other_joules([zone("ipmi", 30.0, "1"), zone("ipmi", 20.0, "2")]) == 50.0
+    assert (
+        other_joules(
+            [zone("acpi", 40.0), ZoneEnergy("cpu", "package", "rapl", None, 9.0, 0, 0, 0, 0)]
+        )
+        == 40.0
+    )
+    assert other_joules([]) == 0.0
