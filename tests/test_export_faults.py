@@ -8,6 +8,11 @@ a permanent refusal, a throttle with Retry-After or RetryInfo, server errors, a
 size limit, a hang, a closed connection. Each test asserts what arrived, how
 many calls were made, the gaps between them, the failed-batches counter and the
 exact lines logged.
+
+The second half runs the agent as a process (``otel-kepler run``) against
+VictoriaMetrics stopped or frozen while a real pod process ends, backends that
+hang through SIGTERM, refuse connections for 40 ticks or restart, and a hung
+backend whose queue is counted tick by tick.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +147,9 @@ def exporting_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def wait_until(ready: object, timeout: float = 20.0) -> None:
+def wait_until(ready: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
+    while not ready():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
 
@@ -167,8 +172,10 @@ def gaps(calls: list[ExportCall]) -> list[float]:
 # -- permanent refusals ------------------------------------------------------------------
 
 
-PERMANENT = {"http": (401, "HTTP 401 from {where}"), "grpc": (grpc.StatusCode.INVALID_ARGUMENT,
-             "gRPC INVALID_ARGUMENT from {where}: bad data")}  # fmt: skip
+PERMANENT: dict[str, tuple[Any, str]] = {
+    "http": (401, "HTTP 401 from {where}"),
+    "grpc": (grpc.StatusCode.INVALID_ARGUMENT, "gRPC INVALID_ARGUMENT from {where}: bad data"),
+}
 
 
 def test_a_permanent_refusal_drops_the_batch_once_counted_and_logged(
