@@ -182,7 +182,8 @@ class Converter:
                 key = ("energy", reading.component, attrs)
                 total = self._totals.get(key, 0.0) + max(0.0, reading.joules)
                 self._totals[key] = total
-                watts = reading.joules / interval if interval > 0 else 0.0
+                over = reading.seconds or interval
+                watts = reading.joules / over if over > 0 else 0.0
                 node.add(m.NODE_JOULES[reading.component], attrs, total, start)
                 node.add(m.NODE_WATTS[reading.component], attrs, max(0.0, watts))
                 if reading.source == "redfish" and reading.zone == "platform":

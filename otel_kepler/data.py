@@ -34,6 +34,9 @@ class EnergyReading:
     source: str  # rapl, hwmon, acpi, ipmi, nvml, model, ...
     joules: float
     attributes: dict[str, str] | None = None  # extra labels, e.g. the model name
+    #: seconds the energy was measured over; None: the service sets the time since the
+    #: receiver's previous collect (watts divide by it, not by the tick's start-to-start)
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +239,7 @@ class WorkloadEnergy:
     joules: dict[str, float]  # zone -> total joules since first seen
     watts: dict[str, float]  # zone -> watts over the last interval
     state: str = RUNNING
-    cpu_seconds: float = 0.0  # processes only: cumulative CPU time
+    cpu_seconds: float = 0.0  # cumulative CPU time (of its processes, for a workload)
     start_time_ns: int = 0  # when the agent first saw it: start of its cumulative sums
     workload: Workload = NO_WORKLOAD
     gpu_joules: dict[str, float] = field(default_factory=dict)  # GPU uuid -> total joules

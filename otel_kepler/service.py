@@ -86,6 +86,7 @@ class Service:
         self.rejected_readings: dict[tuple[str, str], int] = {}
         self._errors_seen: set[tuple[str, str]] = set()
         self._last_tick: float | None = None
+        self._last_collect: dict[str, float] = {}  # receiver id -> when it was last collected
         self._last_tick_seconds = 0.0
         self._stop = threading.Event()
         self._started: list[Any] = []
@@ -181,16 +182,19 @@ class Service:
         self._last_tick_seconds = time.monotonic() - began
 
     def _collect(self, cid: str, receiver: Receiver) -> Contribution | None:
+        began = time.monotonic()
+        last = self._last_collect.get(cid)
+        self._last_collect[cid] = began
         try:
             part = receiver.collect()
-            rejected = part.rejected
-            if isinstance(rejected, dict):
-                for reason, count in rejected.items():
-                    key = (cid, reason)
-                    self.rejected_readings[key] = self.rejected_readings.get(key, 0) + count
-            elif rejected:
-                key = (cid, "implausible")
-                self.rejected_readings[key] = self.rejected_readings.get(key, 0) + rejected
+            for reason, count in part.rejected.items():
+                key = (cid, reason)
+                self.rejected_readings[key] = self.rejected_readings.get(key, 0) + count
+            if last is not None:
+                elapsed = began - last
+                for reading in part.energy:
+                    if reading.seconds is None:
+                        reading.seconds = elapsed
             return part
         except Exception as err:
             self.receiver_errors[cid] += 1

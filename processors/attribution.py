@@ -259,6 +259,7 @@ class AttributionProcessor(Processor):
     def _node_zones(self, readings: list[EnergyReading], interval: float) -> list[ZoneEnergy]:
         """Fold this tick's readings into the node totals; returns the zones seen this tick."""
         seen: dict[tuple[str, ...], ZoneEnergy] = {}
+        seconds: dict[tuple[str, ...], float] = {}  # what each zone's energy was measured over
         for r in readings:
             key = _zone_key(r)
             state = self._zones.get(key)
@@ -271,8 +272,10 @@ class AttributionProcessor(Processor):
                 seen[key] = state
             state.interval_joules += r.joules
             state.total_joules += r.joules
-        for state in seen.values():
-            state.watts = state.interval_joules / interval if interval > 0 else 0.0
+            seconds[key] = max(seconds.get(key, 0.0), r.seconds or interval)
+        for key, state in seen.items():
+            over = seconds[key]
+            state.watts = state.interval_joules / over if over > 0 else 0.0
         return list(seen.values())
 
     def _attribute(
@@ -568,7 +571,9 @@ def platform_remainder(readings: list[EnergyReading], gpus: list[GpuEnergy]) -> 
     if not platform or parts == 0.0:
         return []
     return [
-        EnergyReading("platform", "other", r.source, max(0.0, r.joules - parts), r.attributes)
+        EnergyReading(
+            "platform", "other", r.source, max(0.0, r.joules - parts), r.attributes, r.seconds
+        )
         for r in platform
     ]
 
