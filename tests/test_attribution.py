@@ -318,3 +318,15 @@ def test_two_chassis_of_one_bmc_are_two_platform_series() -> None:
             if z.component == "platform"
         }
     assert totals == {"1": 600.0, "2": 400.0}
+
+
+def test_watts_divide_by_what_the_reading_was_measured_over() -> None:
+    """A receiver collected 2 s after its previous collect, in a tick 1 s after the last."""
+    proc = AttributionProcessor(AttributionConfig(levels=["node"]), node_name="n1")
+    batch = Batch(10**9, 1.0, "n1", [EnergyReading("cpu", "package", "rapl", 30.0, None, 2.0)])
+    proc.process(batch)
+    (zone,) = batch.node_zones
+    assert (zone.interval_joules, zone.watts) == (30.0, 15.0)
+    batch = Batch(2 * 10**9, 1.0, "n1", [EnergyReading("cpu", "package", "rapl", 30.0)])
+    proc.process(batch)
+    assert batch.node_zones[0].watts == 30.0  # no measured time: the tick's interval
