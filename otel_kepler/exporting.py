@@ -9,8 +9,9 @@ Modelled on the OpenTelemetry Collector's exporterhelper:
 * **retry_on_failure**: a retryable failure (network error, HTTP 408/429/5xx, gRPC
   UNAVAILABLE...) is retried with exponential backoff and jitter, from
   ``initial_interval`` up to ``max_interval``, for at most ``max_elapsed_time``;
-  a Retry-After from the backend is honoured. A newer batch waiting in the queue
-  supersedes one being retried (its totals are newer). A permanent failure (other
+  a Retry-After from the backend is honoured by every batch (a newer one waits
+  it out too). A newer batch waiting in the queue supersedes one being retried
+  (its totals are newer). A permanent failure (other
   4xx, gRPC INVALID_ARGUMENT...) drops the batch at once; HTTP 413 splits it.
 * **Logging**: one line when an exporter starts failing (with the reason), one when
   it recovers (with how many batches failed in between); nothing per failure.
@@ -73,6 +74,7 @@ class ExporterWorker:
         self._stopping = False
         self._busy = False
         self._failing_since: float | None = None
+        self._hold_until = 0.0  # monotonic time before which the backend asked not to be sent to
         self._failures_while_failing = 0
         self._last_submit: dict[str, int] = {}
         self._thread: threading.Thread | None = None
@@ -134,6 +136,13 @@ class ExporterWorker:
         started = time.monotonic()
         attempt = 0
         while True:
+            hold = self._hold_until - time.monotonic()
+            if hold > 0:  # the backend's Retry-After applies to every batch, not one
+                if deadline is not None and time.monotonic() + hold > deadline:
+                    return False
+                if self._wait_or_superseded(hold, deadline):
+                    self.failed += 1  # a newer batch waits out the rest
+                    return False
             try:
                 left = None if deadline is None else max(0.05, deadline - time.monotonic())
                 self._timed_export(data, pipeline, left)
@@ -149,6 +158,8 @@ class ExporterWorker:
                     self._failure(str(err), permanent=True)
                     return False
                 self._failure(str(err), permanent=False)
+                if err.retry_after is not None:
+                    self._hold_until = time.monotonic() + err.retry_after
                 delay = self._backoff(attempt, err.retry_after)
                 attempt += 1
                 limit = self.retry.max_elapsed_time

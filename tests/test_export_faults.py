@@ -256,23 +256,30 @@ def test_server_errors_are_retried_with_backoff_then_delivered(
 def test_a_throttle_is_waited_out_as_long_as_the_backend_asks(
     agent: Agent, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """HTTP 429 with Retry-After: 1 and gRPC RESOURCE_EXHAUSTED with RetryInfo 1 s: the next
-    attempt comes no sooner, though the backoff alone would have retried after 0.1 s."""
+    """HTTP 429 with Retry-After: 2 and gRPC RESOURCE_EXHAUSTED with RetryInfo 2 s, while
+    the service ticks every 0.2 s: the next request of any batch comes no sooner (the
+    backoff alone would retry after 0.1 s, and each tick brings a newer batch); then the
+    newest totals arrive."""
     if isinstance(agent.sink, OtlpHttpSink):
-        throttle = Answer.error(429, retry_after=1)
+        throttle = Answer.error(429, retry_after=2)
         reason = f"HTTP 429 from {agent.where}"
     else:
-        throttle = Answer.error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=1, message="slow")
+        throttle = Answer.error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=2, message="slow")
         reason = f"gRPC RESOURCE_EXHAUSTED from {agent.where}: slow"
     agent.sink.respond_sequence(throttle)
+    ticks = 0
     with caplog.at_level(logging.DEBUG, logger=EXPORTING):
-        agent.tick(10.0)
-        agent.sink.wait_for_requests(2)
+        began = time.monotonic()
+        while time.monotonic() - began < 3.0:
+            agent.tick(10.0)
+            ticks += 1
+            time.sleep(0.2)
+        wait_until(lambda: last_value(agent.sink, JOULES, zone="package") >= 10.0 * ticks - 1e-3)
         wait_recovered(caplog)
     calls = agent.sink.calls
-    assert [c.outcome for c in calls] == ["ok", "error", "ok"]
-    assert calls[2].received_at - calls[1].received_at >= 1.0
-    assert last_value(agent.sink, JOULES, zone="package") == pytest.approx(10.0, rel=1e-4)
+    assert [c.outcome for c in calls[:3]] == ["ok", "error", "ok"]
+    assert calls[2].received_at - calls[1].received_at >= 2.0
+    assert last_value(agent.sink, JOULES, zone="package") == pytest.approx(10.0 * ticks, rel=1e-4)
     lines = exporting_lines(caplog)
     assert lines[0] == f"exporter {agent.exporter}: export failing (retrying): {reason}"
     assert len(lines) == 2 and RECOVERED.search(lines[1]), lines
