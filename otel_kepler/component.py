@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from otel_kepler.data import Batch, Contribution
+from otel_kepler.metadata import MetricSpec
 from otel_kepler.snapshot import Snapshot
 
 
@@ -139,6 +140,10 @@ class Factory(Generic[C, T]):
     config_class: builtins.type[C]
     create: Callable[[str, C, HostSettings], T]
     doctor: Callable[[HostSettings], Availability] | None = None
+    #: the metrics the component adds and their labels (see otel_kepler.metadata)
+    metrics: tuple[MetricSpec, ...] = ()
+    #: labels an energy receiver adds to the node's energy series (rapl's ``path``)
+    reading_labels: tuple[str, ...] = ()
 
 
 ReceiverFactory = Factory[Any, Receiver]

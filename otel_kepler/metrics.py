@@ -111,6 +111,14 @@ PLATFORM_WATTS = _gauge(
 
 WORKLOAD_LEVELS = ("process", "container", "pod", "vm")
 
+# Gauges receivers report as they read them.
+HW_TEMPERATURE = _gauge("hw.temperature", "Cel", "Temperature in degrees Celsius")
+HW_FAN_SPEED = _gauge("hw.fan.speed", "rpm", "Fan speed in revolutions per minute")
+HW_VOLTAGE = _gauge("hw.voltage", "V", "Voltage measured by the sensor")
+ESTIMATOR_FIT_ERROR = _gauge(
+    "kepler.node.estimator.fit.error", "W", "RMS error of the estimator's calibration fit"
+)
+
 # The hardware semantic conventions' names for the same node energy (``service.semconv``).
 HW_ENERGY = _sum("hw.energy", "J", "Energy consumed by the component")
 HW_POWER = _gauge("hw.power", "W", "Instantaneous power consumed by the component")
@@ -193,6 +201,10 @@ ALL: tuple[MetricDesc, ...] = (
     NODE_GPU_INFO,
     BUILD_INFO,
     PLATFORM_WATTS,
+    HW_TEMPERATURE,
+    HW_FAN_SPEED,
+    HW_VOLTAGE,
+    ESTIMATOR_FIT_ERROR,
     HW_ENERGY,
     HW_POWER,
     HW_HOST_ENERGY,

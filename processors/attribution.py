@@ -33,6 +33,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from otel_kepler import metadata as md
+from otel_kepler import metrics as m
 from otel_kepler.component import Factory, HostSettings, Processor
 from otel_kepler.data import (
     NO_WORKLOAD,
@@ -46,6 +48,7 @@ from otel_kepler.data import (
     WorkloadEnergy,
     ZoneEnergy,
 )
+from otel_kepler.metadata import MetricSpec
 from otel_kepler.processors.gpu import GpuSplitter
 from otel_kepler.processors.vm import VirtualMachine, VmDetector
 from otel_kepler.receivers.power_models.calibration import ModelReading
@@ -638,9 +641,36 @@ def _create(name: str, config: AttributionConfig, host: HostSettings) -> Attribu
     )
 
 
+def _declared_metrics() -> tuple[MetricSpec, ...]:
+    """The node split and the workload series this processor adds (otel_kepler.metadata)."""
+    gpu_node = (*md.GPU, "source", *md.NODE)
+    out = [
+        *md.specs(
+            (m.NODE_CPU_ACTIVE, m.NODE_CPU_IDLE, m.NODE_CPU_ACTIVE_WATTS, m.NODE_CPU_IDLE_WATTS),
+            md.ZONE,
+        ),
+        *md.specs(
+            (m.NODE_GPU_ACTIVE, m.NODE_GPU_IDLE, m.NODE_GPU_ACTIVE_WATTS, m.NODE_GPU_IDLE_WATTS),
+            gpu_node,
+            "with the nvml receiver",
+        ),
+    ]
+    for level, identity in md.LEVEL_LABELS.items():
+        note = f"with {level} in levels"
+        zone = (*identity, "zone", "state")
+        out += md.specs((m.WORKLOAD_JOULES[level], m.WORKLOAD_WATTS[level]), zone, note)
+        if level in m.WORKLOAD_CPU_SECONDS:
+            out.append(MetricSpec(m.WORKLOAD_CPU_SECONDS[level], (*identity, "state"), note))
+        gpu = (*identity, "gpu", "gpu_uuid", "gpu_name", "state")
+        gpu_note = f"{note} and the nvml receiver"
+        out += md.specs((m.WORKLOAD_GPU_JOULES[level], m.WORKLOAD_GPU_WATTS[level]), gpu, gpu_note)
+    return tuple(out)
+
+
 factory = Factory(
     type="attribution",
     description="Splits node energy over processes, containers, pods and VMs by CPU time",
     config_class=AttributionConfig,
     create=_create,
+    metrics=_declared_metrics(),
 )

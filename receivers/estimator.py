@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from otel_kepler import metadata as md
+from otel_kepler import metrics as m
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
 from otel_kepler.data import Component, Contribution, GaugeValue, ProcessSample
 from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
@@ -603,6 +605,8 @@ factory: Factory[EstimatorConfig, Receiver] = Factory(
     config_class=EstimatorConfig,
     create=_create,
     doctor=doctor,
+    metrics=(md.MetricSpec(m.ESTIMATOR_FIT_ERROR, ("meter", *md.NODE), "with calibrate_from"),),
+    reading_labels=("model", "model_name", "calibrated_from"),
 )
 
 __all__ = [

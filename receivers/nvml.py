@@ -43,6 +43,7 @@ from typing import Any
 
 import pynvml
 
+from otel_kepler import metadata as md
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
 from otel_kepler.data import Contribution, GpuSample
 from otel_kepler.schema import ConfigError
@@ -695,4 +696,5 @@ factory: Factory[NvmlConfig, Receiver] = Factory(
     config_class=NvmlConfig,
     create=_create,
     doctor=doctor,
+    reading_labels=(*md.GPU, "mig_mode", "mig_instances"),
 )

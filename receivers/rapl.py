@@ -389,4 +389,5 @@ factory: Factory[RaplConfig, Receiver] = Factory(
     config_class=RaplConfig,
     create=_create,
     doctor=doctor,
+    reading_labels=("path",),
 )

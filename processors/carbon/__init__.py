@@ -28,6 +28,8 @@ Outputs (converted by :mod:`otel_kepler.convert`): ``kepler.{node,process,contai
 
 from __future__ import annotations
 
+from otel_kepler import metadata as md
+from otel_kepler import metrics as m
 from otel_kepler.component import Factory, HostSettings
 
 from .config import CarbonConfig
@@ -47,4 +49,13 @@ factory = Factory(
     "providers",
     config_class=CarbonConfig,
     create=_create,
+    metrics=(
+        md.MetricSpec(m.CO2["node"], md.NODE),
+        md.MetricSpec(m.NODE_EMBODIED_CO2, md.NODE, "with embodied emissions configured"),
+        md.MetricSpec(m.GRID_INTENSITY, ("provider", "region", *md.NODE)),
+        *(
+            md.MetricSpec(m.CO2[level], (*labels, "state"), f"with {level} in levels")
+            for level, labels in md.LEVEL_LABELS.items()
+        ),
+    ),
 )

@@ -87,6 +87,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Literal
 
+from otel_kepler import metadata as md
+from otel_kepler import metrics as m
 from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
 from otel_kepler.data import Component, Contribution, EnergyReading, GaugeValue
 from otel_kepler.schema import ConfigError
@@ -523,4 +525,9 @@ factory: Factory[HwmonConfig, Receiver] = Factory(
     config_class=HwmonConfig,
     create=_create,
     doctor=doctor,
+    metrics=md.specs(
+        (m.HW_TEMPERATURE, m.HW_FAN_SPEED, m.HW_VOLTAGE),
+        ("hw.id", "hw.type", "hw.name", "hw.parent"),
+        "per sensor channel",
+    ),
 )

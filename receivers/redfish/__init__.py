@@ -86,4 +86,5 @@ factory: Factory[RedfishConfig, Receiver] = Factory(
     config_class=RedfishConfig,
     create=_create,
     doctor=doctor,
+    reading_labels=("bmc_id", "chassis_id", "source_id", "source_name", "source_type"),
 )
