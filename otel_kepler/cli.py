@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=cmd_components)
     sch = sub.add_parser("schema", help="print the config's JSON Schema")
     sch.set_defaults(func=cmd_schema)
+    met = sub.add_parser(
+        "metrics", help="print every metric, its labels and the component emitting it (Markdown)"
+    )
+    met.set_defaults(func=cmd_metrics)
     doc = sub.add_parser("doctor", help="which receivers work on this host, and what is missing")
     doc.add_argument("--config", help="read host paths (procfs, sysfs) from this config")
     doc.set_defaults(func=cmd_doctor)
@@ -288,6 +292,14 @@ def cmd_components(args: argparse.Namespace, registry: Registry) -> int:
             print(f"  {ctype:<14} {summary(factory)}")
     for where, why in sorted(registry.broken.items()):
         print(f"broken plugin {where}: {why}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, registry: Registry) -> int:
+    from otel_kepler.metadata import markdown
+
+    kinds = ("receivers", "processors", "exporters")
+    sys.stdout.write(markdown({kind: dict(registry.factories(kind)) for kind in kinds}))
     return 0
 
 

@@ -6,14 +6,13 @@ also lists the labels it adds to the node's energy series (``Factory.reading_lab
 such as rapl's ``path``). The agent itself declares :data:`CORE`: the node energy series
 every energy receiver leads to, and its own telemetry.
 
-``python -m otel_kepler.metadata`` prints docs/metrics.md from these declarations; a
+``otel-kepler metrics`` prints docs/metrics.md from these declarations; a
 test keeps that file, the metric contract (:data:`otel_kepler.metrics.ALL`) and what a
 real tick exports in agreement with them.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -155,7 +154,7 @@ def markdown(factories: dict[str, dict[str, object]]) -> str:
         "# Metrics reference",
         "",
         "Every metric the agent can emit, made from what each component declares beside its",
-        "code (`python -m otel_kepler.metadata > docs/metrics.md`). OTLP names carry dots and",
+        "code (`otel-kepler metrics > docs/metrics.md`). OTLP names carry dots and",
         "a unit; the Prometheus name is what the pull endpoint serves and what a backend's",
         "standard OTLP-to-Prometheus translation gives. Labels are the points' attributes",
         "(dots become underscores in Prometheus); each workload's series also sit under its",
@@ -188,17 +187,3 @@ def markdown(factories: dict[str, dict[str, object]]) -> str:
     for ctype, extra in reading_labels(factories).items():
         lines.append(f"| `{ctype}` | {', '.join(extra)} |")
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    from otel_kepler.registry import default_registry
-
-    registry = default_registry()
-    factories = {
-        kind: dict(registry.factories(kind)) for kind in ("receivers", "processors", "exporters")
-    }
-    sys.stdout.write(markdown(factories))  # type: ignore[arg-type]
-
-
-if __name__ == "__main__":
-    main()

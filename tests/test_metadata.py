@@ -25,7 +25,7 @@ def factories() -> dict[str, dict[str, object]]:
 def test_the_reference_is_made_from_the_declarations() -> None:
     written = (ROOT / "docs" / "metrics.md").read_text()
     assert written == metadata.markdown(factories()), (
-        "docs/metrics.md is stale: python -m otel_kepler.metadata > docs/metrics.md"
+        "docs/metrics.md is stale: otel-kepler metrics > docs/metrics.md"
     )
 
 
@@ -52,7 +52,10 @@ service:
   interval: 1s
   semconv: true
   pipelines:
-    metrics: {{receivers: [rapl, procfs], processors: [attribution, carbon], exporters: [prometheus]}}
+    metrics:
+      receivers: [rapl, procfs]
+      processors: [attribution, carbon]
+      exporters: [prometheus]
 """,
         default_registry(),
     )
