@@ -32,3 +32,19 @@ def need_root() -> None:
     """Skip on a developer machine without root; in CI the skip becomes a failure."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Generator[None]:
+    """Agents the tests start keep their learned state (idle power) in a test folder.
+
+    The attribution processor writes to $STATE_DIRECTORY, else /var/lib/otel-kepler as
+    root: tests must not leave files on the machine, nor read a previous run's.
+    """
+    previous = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("STATE_DIRECTORY", None)
+    else:
+        os.environ["STATE_DIRECTORY"] = previous
