@@ -327,7 +327,25 @@ def cmd_doctor(args: argparse.Namespace, registry: Registry) -> int:
             continue
         mark = "yes" if result.available else "no"
         print(f"  {ctype:<12} {mark:<4} {result.detail}")
+    if args.config:
+        _probe_configured(config)
     return 0
+
+
+def _probe_configured(config: Any) -> None:
+    """Try each configured receiver that can be tried for real (a BMC: log in, read once)."""
+    probed = [(cid, c) for cid, c in sorted(config.receivers.items()) if c.factory.probe]
+    if not probed:
+        return
+    print("configured:")
+    for cid, component in probed:
+        try:
+            result = component.factory.probe(component.config)
+        except Exception as err:
+            print(f"  {cid:<12} no   check failed: {type(err).__name__}: {err}")
+            continue
+        mark = "yes" if result.available else "no"
+        print(f"  {cid:<12} {mark:<4} {result.detail}")
 
 
 def cmd_record(args: argparse.Namespace, registry: Registry) -> int:

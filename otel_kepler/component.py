@@ -140,6 +140,8 @@ class Factory(Generic[C, T]):
     config_class: builtins.type[C]
     create: Callable[[str, C, HostSettings], T]
     doctor: Callable[[HostSettings], Availability] | None = None
+    #: ``doctor --config``: try a configured instance for real (log in to a BMC, read once)
+    probe: Callable[[C], Availability] | None = None
     #: the metrics the component adds and their labels (see otel_kepler.metadata)
     metrics: tuple[MetricSpec, ...] = ()
     #: labels an energy receiver adds to the node's energy series (rapl's ``path``)

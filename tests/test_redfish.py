@@ -12,6 +12,8 @@ the integral of known watts over the receiver's own clock.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -817,3 +819,46 @@ def test_null_readings_count_no_energy_and_are_not_errors(
         seconds, joules = full_window(receiver, clock, 0.3)
     assert joules == {"GPUTray": pytest.approx(155.0 * seconds, rel=1e-9)}
     assert warnings_of(caplog) == []
+
+
+def test_doctor_with_a_config_tries_the_configured_bmc(
+    tmp_path: Path, auth: Bmc, password_file: Path
+) -> None:
+    """``otel-kepler doctor --config`` logs in to the BMC and reads it once; a wrong password
+    is said as such, and neither password appears."""
+    agent = Path(sys.executable).with_name("otel-kepler")
+
+    def doctor(password_path: Path) -> str:
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            f"""
+receivers:
+  redfish:
+    endpoint: "{auth.endpoint}"
+    username: {USER}
+    password_file: {password_path}
+  estimator: {{}}
+exporters: {{debug: {{}}}}
+service:
+  pipelines: {{metrics: {{receivers: [redfish, estimator], exporters: [debug]}}}}
+"""
+        )
+        result = subprocess.run(
+            [str(agent), "doctor", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert PASSWORD not in result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        configured = lines[lines.index("configured:") + 1 :]
+        assert len(configured) == 1 and configured[0].split()[0] == "redfish"
+        return configured[0]
+
+    good = doctor(password_file)
+    assert good.split()[1] == "yes" and "180" in good, good
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    bad = doctor(wrong)
+    assert bad.split()[1] == "no", bad

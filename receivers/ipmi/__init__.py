@@ -100,4 +100,5 @@ factory: Factory[IpmiConfig, Receiver] = Factory(
     config_class=IpmiConfig,
     create=_create,
     doctor=doctor,
+    probe=probe,
 )

@@ -87,4 +87,5 @@ factory: Factory[RedfishConfig, Receiver] = Factory(
     create=_create,
     doctor=doctor,
     reading_labels=("bmc_id", "chassis_id", "source_id", "source_name", "source_type"),
+    probe=probe,
 )
