@@ -19,8 +19,8 @@ agent's own counters (exporter CPU / points sent) read from its /metrics.
 Beside it, on the same processes, right after each window: a psutil
 ``process_iter(['cpu_times', 'name'])`` pass in this process (``time.process_time``,
 median of 9 after a first pass), and Debian's prometheus-node-exporter with only the
-processes collector, its CPU per scrape over 20
-scrapes (`make bench-deps` unpacks it; without it that column says n/a).
+processes collector, its CPU per scrape over 20 scrapes (`make bench-deps` unpacks it;
+without it that column says n/a).
 
 Soak. 1,000 sleeping processes plus 20 process starts and 20 ends a second (each lives
 2 s); two agents at process level, side by side: (a) OTLP to a live sink and nobody
