@@ -54,7 +54,7 @@ test: $(VENV)/.test-installed test-deps lint typecheck
 bench-deps: $(VENV)/.installed
 	bash bench/install-bench-deps.sh
 
-# The whole agent first (bench_agent.py: about 25 minutes, BENCH_QUICK=1 about 5; root adds the
+# The whole agent first (bench_agent.py: about 20 minutes, BENCH_QUICK=1 about 5; root adds the
 # eBPF mode), then each part on its own.
 bench: $(VENV)/.test-installed bench-deps
 	$(PY) bench/bench_agent.py
