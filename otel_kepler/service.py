@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from otel_kepler import memory
 from otel_kepler.component import ComponentError, Processor, Receiver
 from otel_kepler.config import AgentConfig, ComponentConfig
 from otel_kepler.convert import AgentStats, Converter
@@ -29,6 +30,7 @@ from otel_kepler.resource import node_attributes, node_resource
 log = logging.getLogger(__name__)
 
 SHUTDOWN_SECONDS = 3.0
+TRIM_EVERY_TICKS = 60
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Service:
             ticks += 1
             if ticks == 1:
                 settle_memory()
+            elif ticks % TRIM_EVERY_TICKS == 0:
+                memory.trim()  # what bursts (a backend outage's queue) left in the heap
             now = time.monotonic()
             if duration is not None and now - begin >= duration:
                 break
@@ -236,6 +240,7 @@ def settle_memory() -> None:
     """
     gc.collect()
     gc.freeze()
+    memory.trim()
 
 
 def _create(section: str, c: ComponentConfig, config: AgentConfig) -> Any:

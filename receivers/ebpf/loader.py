@@ -25,6 +25,7 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
+from otel_kepler import memory
 from otel_kepler.component import ComponentError
 
 from . import program
@@ -275,6 +276,7 @@ class Probe:
             raise ComponentError(_load_failure(paths, failure, said[0]))
         if said[0]:
             sys.stderr.write(said[0])  # compiler warnings: passed on
+        memory.trim()  # the compiler's working memory, freed now that the program is loaded
         self.cpus = max(cpus) + 1
         self._active = 0  # the pair of maps the program writes
         self._batch = True  # batch lookup-and-delete works (Linux 5.6+)
