@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from otel_kepler import memory
 from otel_kepler.component import ComponentError
 
 from . import io_program
@@ -77,6 +78,7 @@ class IoProbe:
             lines = [line.strip() for line in said[0].splitlines() if line.strip()]
             extra = f"; bcc said: {' | '.join(lines[-4:])}" if lines else ""
             raise ComponentError(f"the BPF I/O programs failed to load: {failure}{extra}")
+        memory.trim()  # the compiler's working memory, freed now that the programs are loaded
         self._softirq_map = self.bpf[b"softirqs"]
         self._net_map = self.bpf[b"net_bytes"]
         self._batch = True
