@@ -49,6 +49,7 @@ from otel_kepler.data import (
     ZoneEnergy,
 )
 from otel_kepler.metadata import MetricSpec
+from otel_kepler.processors.activity import ActivityAccounting, OtherSplit
 from otel_kepler.processors.gpu import GpuSplitter
 from otel_kepler.processors.vm import VirtualMachine, VmDetector
 from otel_kepler.receivers.power_models.calibration import ModelReading
@@ -131,6 +132,15 @@ class AttributionConfig:
         },
     )
 
+    # -- I/O activity (processors/activity.py): totals per workload, the other split --
+    other_split: OtherSplit = field(
+        default_factory=OtherSplit,
+        metadata={
+            "doc": "split zone other (platform less CPU, DRAM and GPUs) over workloads by "
+            "CPU time, network and block bytes (enabled: false by default, as Kepler)"
+        },
+    )
+
     def validate(self) -> None:
         if self.max_terminated < 0:
             raise ConfigError("max_terminated", "must be 0 or more")
@@ -194,6 +204,7 @@ class AttributionProcessor(Processor):
             state_path=state_path,
             host_id={"sysfs": sysfs, "node_name": node_name},
         )
+        self.activity = ActivityAccounting(config.other_split)  # I/O activity hook
         detect = "vm" in self.levels or "process" in self.levels
         self._detector = VmDetector(procfs) if detect else None
 
@@ -239,6 +250,7 @@ class AttributionProcessor(Processor):
         if batch.has_usage or self._processes or gpu_shares:
             scale = self._scale(batch, active_by_zone, total_delta if attributable else 0.0)
             self._attribute(batch, scale, gpu_shares, now_ns)
+        self.activity.process(batch, zones)  # I/O activity hook: activity, zone other split
         if "node" in self.levels:
             batch.node_zones.extend(zones)
             batch.node_gpus.extend(gpus)

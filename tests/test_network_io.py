@@ -17,6 +17,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from otel_kepler.data import (
     NO_WORKLOAD,
     Batch,
     Contribution,
+    EnergyReading,
     IoCounters,
     ProcessSample,
     Workload,
@@ -36,6 +38,7 @@ from otel_kepler.data import (
     ZoneEnergy,
 )
 from otel_kepler.processors.activity import ActivityAccounting, OtherSplit, other_joules
+from otel_kepler.processors.attribution import AttributionConfig, AttributionProcessor
 from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
 from otel_kepler.receivers.ebpf import doctor as ebpf_doctor
 from otel_kepler.receivers.procfs import ProcfsReceiver, doctor
@@ -662,3 +665,64 @@ def test_other_comes_from_one_kind_of_platform_meter() -> None:
         == 40.0
     )
     assert other_joules([]) == 0.0
+
+
+def test_attribution_splits_other_by_activity_and_conserves_it() -> None:
+    """Through the attribution processor: RAPL package and an IPMI platform meter; zone
+    other (platform less package) goes to the processes by the weighted mix, exactly."""
+    config = decode(
+        AttributionConfig,
+        {
+            "levels": ["node", "process", "container", "pod"],
+            "idle": "usage_ratio",
+            "persist_idle": False,
+            "other_split": {"enabled": True, "cpu": 0.6, "network": 0.3, "block": 0.1},
+        },
+        "processors.attribution",
+    )
+    processor = AttributionProcessor(config, node_name="n1")
+    rng = random.Random(3)
+    net = {"pod-a": 0, "pod-b": 0}
+    given_before = 0.0
+    other_total = 0.0
+    for n in range(40):
+        procs = {
+            pid: _sample(pid, rng.random() * 0.5, (A, B, NO_WORKLOAD)[pid % 3], n * pid, 0)
+            for pid in range(1, 10)
+        }
+        for pod in net:
+            net[pod] += rng.randint(0, 10_000)
+        if n == 0:
+            first = dict(net)  # the first tick primes the counters
+        batch = Batch(time.time_ns(), 1.0, "n1", cpu_usage_ratio=0.5, processes=procs)
+        batch.has_usage = True
+        batch.pod_io = {pod: IoCounters(v, v // 2) for pod, v in net.items()}
+        package, platform = 30.0 + rng.random() * 10, 80.0 + rng.random() * 20
+        batch.energy = [
+            EnergyReading("cpu", "package", "rapl", package),
+            EnergyReading("platform", "platform", "ipmi", platform),
+        ]
+        processor.process(batch)
+        other_total += platform - package
+        by_level: dict[str, float] = {}
+        for entry in batch.workloads:
+            by_level[entry.level] = by_level.get(entry.level, 0.0) + (entry.other_joules or 0.0)
+        (zone,) = [z for z in batch.node_zones if z.zone == "other"]
+        assert zone.total_joules == pytest.approx(other_total, rel=1e-12)
+        given = by_level["process"] + processor.activity.unattributed_joules
+        assert given == pytest.approx(other_total, rel=1e-9)  # conserved, every tick
+        assert given > given_before
+        given_before = given
+        # containers and pods sum their processes (a third of them are host processes)
+        in_pods = sum(
+            e.other_joules or 0.0
+            for e in batch.workloads
+            if e.level == "process" and e.workload.pod_id
+        )
+        assert by_level["container"] == pytest.approx(in_pods, rel=1e-9)
+        assert by_level["pod"] == pytest.approx(in_pods, rel=1e-9)
+    pod_a = next(
+        e for e in batch.workloads if e.level == "pod" and e.attributes["pod_id"] == "pod-a"
+    )
+    assert pod_a.activity["network_rx_bytes"] == net["pod-a"] - first["pod-a"]
+    assert pod_a.activity["network_tx_bytes"] == net["pod-a"] // 2 - first["pod-a"] // 2
