@@ -33,7 +33,7 @@ from otel_kepler.receivers.estimator import (  # noqa: E402
     RegressionConfig,
 )
 from otel_kepler.receivers.power_models import curve, regression  # noqa: E402
-from otel_kepler.training import RowWriter, TrainOptions, train  # noqa: E402
+from otel_kepler.receivers.power_models.training import RowWriter, TrainOptions, train  # noqa: E402
 
 PREDICT_TARGET_MS = 0.5
 TRAIN_TARGET_S = 30.0

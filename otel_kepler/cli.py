@@ -351,7 +351,7 @@ def _probe_configured(config: Any) -> None:
 def cmd_record(args: argparse.Namespace, registry: Registry) -> int:
     import threading
 
-    from otel_kepler.training import record
+    from otel_kepler.receivers.power_models.training import record
 
     config = _load(args.config, registry, args, strict=False)
     stop = threading.Event()
@@ -372,7 +372,12 @@ def cmd_record(args: argparse.Namespace, registry: Registry) -> int:
 
 def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
     from otel_kepler.receivers.power_models.regression import save
-    from otel_kepler.training import TrainingError, TrainOptions, report, train
+    from otel_kepler.receivers.power_models.training import (
+        TrainingError,
+        TrainOptions,
+        report,
+        train,
+    )
 
     options = TrainOptions(
         target=args.target,

@@ -218,7 +218,7 @@ class RaplReceiver(Receiver):
         except ComponentError as err:
             if self._fallback is None:
                 raise
-            log.warning("%s: %s; falling back to the estimator (source=model)", self.name, err)
+            log.info("%s: %s; falling back to the estimator (source=model)", self.name, err)
             self._fallback.start()
             self.using_fallback = True
 

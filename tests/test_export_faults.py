@@ -421,6 +421,39 @@ def test_a_batch_too_large_is_split_and_every_resource_arrives_once(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_after_a_size_refusal_later_ticks_are_cut_before_they_are_sent(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """Once the backend refused a size, the exporter cuts later requests below it: a later
+    tick arrives whole, in several requests, with none refused."""
+    agent = start_agent(tmp_path, sink, processes=True, timeout="60s")
+    try:
+        agent.service.tick()
+        agent.tick(10.0)
+        sink.wait_for_requests(2, timeout=60)
+        limit = max(2, len(sink.requests[-1].resource_metrics) // 4)
+        sink.respond_sequence(then=Answer.too_large(limit))
+        agent.tick(10.0)
+        wait_until(lambda: any(c.outcome == "error" for c in sink.calls), timeout=60)
+        wait_until(lambda: agent.worker.sent_points > 0 and not agent.worker._queue, timeout=60)
+        # The backend counts resources, the exporter bytes: a refusal or two more may come
+        # while the learned size settles; after that a tick goes out cut, none refused.
+        for _ in range(4):
+            sink.clear()
+            agent.tick(10.0)
+            tick = tick_time(sink.wait_for_calls(1, timeout=60)[0].request)
+            wait_until(lambda: not agent.worker._queue and not agent.worker._busy, timeout=60)
+            time.sleep(0.5)
+            if all(c.outcome == "ok" for c in sink.calls):
+                break
+    finally:
+        agent.service.shutdown()
+    calls = [c for c in sink.calls if tick_time(c.request) == tick]
+    assert calls and all(c.outcome == "ok" for c in calls), [c.outcome for c in calls]
+    assert len(calls) >= 2
+    assert max(len(c.request.resource_metrics) for c in calls) <= limit
+
+
 # -- shutdown ----------------------------------------------------------------------------
 
 

@@ -19,9 +19,15 @@ from otel_kepler.component import HostSettings
 from otel_kepler.data import Contribution
 from otel_kepler.receivers.estimator import EstimatorConfig, RegressionConfig
 from otel_kepler.receivers.power_models import regression
+from otel_kepler.receivers.power_models.training import (
+    COLUMNS,
+    RowWriter,
+    TrainOptions,
+    load_dataset,
+    train,
+)
 from otel_kepler.receivers.procfs.stat import read_cpu_times
 from otel_kepler.receivers.rapl import RaplConfig, RaplReceiver
-from otel_kepler.training import COLUMNS, RowWriter, TrainOptions, load_dataset, train
 from tests.sysfs_fixtures import RaplTree
 
 

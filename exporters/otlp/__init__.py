@@ -43,24 +43,53 @@ EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export
 MAX_RECONNECT_BACKOFF_MS = 5000
 
 
-class _OtlpExporter(Exporter):
-    """What both transports share: encoding, delivery bookkeeping, partial success."""
+#: gRPC servers refuse messages over 4 MiB unless configured otherwise (grpc-go, the
+#: Collector and grpcio all default to it): requests are cut below that from the start.
+GRPC_DEFAULT_MAX_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
-    def __init__(self, name: str, temporality: str) -> None:
+
+class _OtlpExporter(Exporter):
+    """What both transports share: encoding, request size, delivery bookkeeping."""
+
+    def __init__(self, name: str, temporality: str, max_request_bytes: int | None) -> None:
         self.name = name
         self.encoder = Encoder(temporality)
         self._partial_logged = False
+        #: the largest request the backend is known to take (None: no limit known). A
+        #: refusal for size lowers it, so later ticks are cut before they are sent.
+        self.max_request_bytes = max_request_bytes
 
     def export(self, data: Snapshot, pipeline: str, timeout: float | None = None) -> None:
         parts = self.encoder.encode(data)
         if not parts:
             return
-        body = b"".join(p.data for p in parts)
         limit = self.settings.timeout if timeout is None else min(timeout, self.settings.timeout)
-        response = self._send(body, limit)
-        self.encoder.delivered(parts)
+        for chunk in self._chunks(parts):
+            body = b"".join(p.data for p in chunk)
+            try:
+                response = self._send(body, limit)
+            except ExportError as err:
+                if err.too_large and len(chunk) > 1:
+                    self.max_request_bytes = max(1, len(body) // 2)
+                raise
+            self.encoder.delivered(chunk)
+            self._partial(response)
         self.encoder.forget_unseen(data)
-        self._partial(response)
+
+    def _chunks(self, parts: list[Part]) -> list[list[Part]]:
+        """The parts cut into requests under the known size limit, resources kept whole."""
+        cap = self.max_request_bytes
+        if cap is None:
+            return [parts]
+        chunks: list[list[Part]] = [[]]
+        size = 0
+        for part in parts:
+            if chunks[-1] and size + len(part.data) > cap:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(part)
+            size += len(part.data)
+        return chunks
 
     settings: HttpSettings | GrpcSettings
 
@@ -89,7 +118,7 @@ class OtlpHttpExporter(_OtlpExporter):
     settings: HttpSettings
 
     def __init__(self, name: str, settings: HttpSettings) -> None:
-        super().__init__(name, settings.temporality)
+        super().__init__(name, settings.temporality, None)
         self.settings = settings
         self._session: Any = None
 
@@ -146,7 +175,7 @@ class OtlpGrpcExporter(_OtlpExporter):
     settings: GrpcSettings
 
     def __init__(self, name: str, settings: GrpcSettings) -> None:
-        super().__init__(name, settings.temporality)
+        super().__init__(name, settings.temporality, GRPC_DEFAULT_MAX_BYTES)
         self.settings = settings
         self._channel: Any = None
         self._export: Any = None
