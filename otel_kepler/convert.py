@@ -329,7 +329,14 @@ class Converter:
         emitted: set[tuple[str, ...]] | None = set() if self._retained else None
         retention = self.retention_ns
         for w in workloads:
-            signature = (w.state, tuple(w.joules), tuple(w.gpu_joules), w.co2_grams is not None)
+            signature = (
+                w.state,
+                tuple(w.joules),
+                tuple(w.gpu_joules),
+                w.co2_grams is not None,
+                tuple(w.activity),
+                w.other_joules is not None,
+            )
             entry = cache.get(id(w))
             if (
                 entry is None
@@ -380,6 +387,13 @@ class Converter:
             series.append(Series(m.WORKLOAD_GPU_WATTS[level], labels, 0))
         if w.co2_grams is not None:
             series.append(Series(m.CO2[level], Labels((*base, state)), start))
+        for name in w.activity:
+            desc, extra = _activity_series(level, name)
+            series.append(Series(desc, Labels((*base, *extra, state)), start))
+        if w.other_joules is not None:
+            labels = Labels((*base, ("zone", "other"), state))
+            series.append(Series(m.WORKLOAD_PLATFORM_JOULES[level], labels, start))
+            series.append(Series(m.WORKLOAD_PLATFORM_WATTS[level], labels, 0))
         key = _workload_key(w)
         resource = workload_attributes(self.resource, w)
         return Shape(key, resource, series, terminated=w.state == TERMINATED)
@@ -400,7 +414,33 @@ def _workload_values(w: WorkloadEnergy) -> list[float]:
         values.append(gpu_watts.get(uuid, 0.0))
     if w.co2_grams is not None:
         values.append(w.co2_grams)
+    values.extend(w.activity.values())
+    if w.other_joules is not None:
+        values.append(w.other_joules)
+        values.append(w.other_watts)
     return values
+
+
+#: activity key -> (metric family, the direction label it carries)
+_ACTIVITY: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "network_rx_bytes": ("network", (("direction", "rx"),)),
+    "network_tx_bytes": ("network", (("direction", "tx"),)),
+    "block_read_bytes": ("block", (("direction", "read"),)),
+    "block_write_bytes": ("block", (("direction", "write"),)),
+    "net_tx_irq": ("net_tx", ()),
+    "net_rx_irq": ("net_rx", ()),
+    "block_irq": ("block_irq", ()),
+}
+
+
+def _activity_series(level: str, name: str) -> tuple[MetricDesc, tuple[tuple[str, str], ...]]:
+    family, extra = _ACTIVITY[name]
+    if family == "network":
+        return m.WORKLOAD_NETWORK_BYTES[level], extra
+    if family == "block":
+        return m.WORKLOAD_BLOCK_BYTES[level], extra
+    vector = "block" if family == "block_irq" else family
+    return m.WORKLOAD_IRQ[(level, vector)], extra
 
 
 def _workload_key(w: WorkloadEnergy) -> tuple[str, ...]:

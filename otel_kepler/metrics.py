@@ -152,6 +152,37 @@ GRID_INTENSITY = _gauge(
     "kepler.grid.carbon.intensity", "g/kWh", "Grid carbon intensity in use (gCO2e/kWh)"
 )
 PROCESS_CPU_SECONDS = _sum("kepler.process.cpu.seconds", "s", "CPU time of the process")
+# Activity per workload (network, block I/O, softirqs) and the platform remainder it gets.
+WORKLOAD_NETWORK_BYTES = {
+    level: _sum(f"kepler.{level}.network.bytes", "By", f"Network bytes of the {level}")
+    for level in WORKLOAD_LEVELS
+}
+WORKLOAD_BLOCK_BYTES = {
+    level: _sum(f"kepler.{level}.block.bytes", "By", f"Block device bytes of the {level}")
+    for level in WORKLOAD_LEVELS
+}
+WORKLOAD_IRQ = {
+    (level, vector): _sum(
+        f"kepler.{level}.bpf.{vector}.irq",
+        "1",
+        f"{vector.upper()} softirqs raised while the {level} ran (eBPF)",
+    )
+    for level in WORKLOAD_LEVELS
+    for vector in ("net_tx", "net_rx", "block")
+}
+WORKLOAD_PLATFORM_JOULES = {
+    level: _sum(
+        f"kepler.{level}.platform.joules", "J", f"Platform energy (zone other) given to the {level}"
+    )
+    for level in WORKLOAD_LEVELS
+}
+WORKLOAD_PLATFORM_WATTS = {
+    level: _gauge(
+        f"kepler.{level}.platform.watts", "W", f"Platform power (zone other) given to the {level}"
+    )
+    for level in WORKLOAD_LEVELS
+}
+
 WORKLOAD_CPU_SECONDS = {
     "process": PROCESS_CPU_SECONDS,
     "container": _sum("kepler.container.cpu.seconds", "s", "CPU time of the container"),
@@ -217,6 +248,11 @@ ALL: tuple[MetricDesc, ...] = (
     NODE_EMBODIED_CO2,
     GRID_INTENSITY,
     *WORKLOAD_CPU_SECONDS.values(),
+    *WORKLOAD_NETWORK_BYTES.values(),
+    *WORKLOAD_BLOCK_BYTES.values(),
+    *WORKLOAD_IRQ.values(),
+    *WORKLOAD_PLATFORM_JOULES.values(),
+    *WORKLOAD_PLATFORM_WATTS.values(),
     AGENT_TICK_DURATION,
     AGENT_CPU_SECONDS,
     AGENT_RSS,

@@ -676,6 +676,22 @@ def _declared_metrics() -> tuple[MetricSpec, ...]:
         gpu = (*identity, "gpu", "gpu_uuid", "gpu_name", "state")
         gpu_note = f"{note} and the nvml receiver"
         out += md.specs((m.WORKLOAD_GPU_JOULES[level], m.WORKLOAD_GPU_WATTS[level]), gpu, gpu_note)
+        io = (*identity, "direction", "state")
+        out += md.specs(
+            (m.WORKLOAD_NETWORK_BYTES[level], m.WORKLOAD_BLOCK_BYTES[level]),
+            io,
+            f"{note}, where the usage receiver measures it",
+        )
+        out += md.specs(
+            tuple(m.WORKLOAD_IRQ[(level, v)] for v in ("net_tx", "net_rx", "block")),
+            (*identity, "state"),
+            f"{note}, with the ebpf receiver",
+        )
+        out += md.specs(
+            (m.WORKLOAD_PLATFORM_JOULES[level], m.WORKLOAD_PLATFORM_WATTS[level]),
+            zone,
+            f"{note} and other_split",
+        )
     return tuple(out)
 
 

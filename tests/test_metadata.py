@@ -93,5 +93,6 @@ service:
         "kepler.process.co2",
         "kepler.node.co2",
         "hw.energy",
+        "kepler.process.block.bytes",
         "otel_kepler.agent.tick.duration",
-    } <= seen
+    } <= seen, sorted(seen)
