@@ -717,6 +717,26 @@ def bpf_programs() -> dict[int, str]:
     return {p["id"]: p["name"] for p in json.loads(out) if p.get("name", "").startswith("otelk_")}
 
 
+def held_programs(pid: int) -> dict[int, str]:
+    """The ``otelk_*`` programs a descriptor of process ``pid`` holds (its program and
+    link descriptors, as /proc/PID/fdinfo says): programs of another process, such as a
+    test run beside this one on the same machine, are not counted."""
+    ids: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return {}
+    for fd in fds:
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return {i: n for i, n in bpf_programs().items() if i in ids}
+
+
 def wait_gone(ids: set[int]) -> set[int]:
     """The ids still loaded after the kernel's deferred free had its chance (up to 10 s)."""
     for _ in range(200):
@@ -729,11 +749,10 @@ def wait_gone(ids: set[int]) -> set[int]:
 
 def test_shutdown_detaches_and_unloads_the_program() -> None:
     require_ebpf()
-    before = set(bpf_programs())
     receiver = EbpfReceiver("ebpf", EbpfConfig(fallback="none"), HostSettings())
     try:
         receiver.start()
-        mine = {i: n for i, n in bpf_programs().items() if i not in before}
+        mine = held_programs(os.getpid())
     finally:
         receiver.shutdown()
     assert sorted(mine.values()) == [
@@ -790,14 +809,13 @@ def test_sigterm_detaches_the_program(tmp_path: Path, how: str) -> None:
     )
     code = AGENT if how == "agent" else "from otel_kepler.component import HostSettings\n" + bare
     log = (tmp_path / "log").open("w+")
-    before = set(bpf_programs())
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(config)], stdout=log, stderr=subprocess.STDOUT
     )
     try:
         mine: set[int] = set()
         for _ in range(600):
-            mine = set(bpf_programs()) - before
+            mine = set(held_programs(child.pid))
             if len(mine) == PROGRAMS or child.poll() is not None:
                 break
             time.sleep(0.05)
@@ -897,7 +915,7 @@ def test_program_the_kernel_refuses_falls_back_with_the_verifiers_reason(
         assert processes is not None and os.getpid() in processes
     finally:
         receiver.shutdown()
-    assert not bpf_programs()
+    assert not held_programs(os.getpid())
 
 
 def test_doctor_says_ebpf_mode_and_why() -> None:
@@ -969,31 +987,29 @@ def test_io_programs_that_fail_leave_network_to_the_namespaces(
     broken = io_program.SOURCE.replace("return 1;\n}", "return *(u64 *)0;\n}", 1)
     assert broken != io_program.SOURCE
     monkeypatch.setattr(io_program, "SOURCE", broken)
-    before = set(bpf_programs())
     receiver = EbpfReceiver("ebpf", EbpfConfig(fallback="none"), HostSettings())
     try:
         with caplog.at_level(logging.WARNING, logger="otel_kepler.receivers.ebpf"):
             receiver.start()
-        mine = sorted(n for i, n in bpf_programs().items() if i not in before)
+        mine = sorted(held_programs(os.getpid()).values())
         assert receiver.probe is not None and receiver.io is None
         assert receiver.activity is not None and receiver.activity.config.network
         assert receiver.collect().processes
     finally:
         receiver.shutdown()
     assert mine == ["otelk_exec", "otelk_exit", "otelk_switch"]
-    (warning,) = [r.getMessage() for r in caplog.records]
+    (warning,) = [r.getMessage() for r in caplog.records if "I/O programs" in r.getMessage()]
     assert warning.startswith("ebpf: the BPF I/O programs failed to load: ")
     assert warning.endswith("; network bytes from the pod network namespaces")
 
 
 def test_io_programs_can_be_turned_off() -> None:
     require_ebpf()
-    before = set(bpf_programs())
     config = EbpfConfig(fallback="none", softirqs=False, network=False)
     receiver = EbpfReceiver("ebpf", config, HostSettings())
     try:
         receiver.start()
-        mine = sorted(n for i, n in bpf_programs().items() if i not in before)
+        mine = sorted(held_programs(os.getpid()).values())
         tick = receiver.collect()
     finally:
         receiver.shutdown()
