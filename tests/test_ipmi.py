@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -727,6 +728,49 @@ def test_doctor_with_a_working_bmc(bmc: PyghmiBmc) -> None:
     assert doctor(HostSettings(), bmc.config()) == Availability(
         True, f"{bmc.address}: platform 250 W, by DCMI Get Power Reading"
     )
+
+
+#: A child that first holds this many more files than FD_SETSIZE (1024), as an agent on a
+#: node with thousands of processes can, so that pyghmi's socket gets a number above it.
+HIGH_FD_PROBE = """
+import os, resource, sys
+from otel_kepler.schema import decode
+from otel_kepler.receivers.ipmi import IpmiConfig, probe
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+assert max(held) >= 1024, max(held)
+raw = dict(endpoint="127.0.0.1", port=int(sys.argv[1]), username=sys.argv[2],
+           password_file=sys.argv[3], timeout="2s")
+result = probe(decode(IpmiConfig, raw, "receivers.ipmi"))
+print(result.available, result.detail, sep="\\n")
+"""
+
+
+def test_a_process_holding_more_than_1024_files_still_reads_the_bmc(bmc: PyghmiBmc) -> None:
+    """pyghmi's select() fails at descriptor 1024: the link must not depend on it."""
+    argv = [sys.executable, "-c", HIGH_FD_PROBE, str(bmc.port), USER, str(bmc.password_file)]
+    # Bounded: without the fix the child blocks forever in pyghmi.
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "True",
+        f"{bmc.address}: platform 250 W, by DCMI Get Power Reading",
+    ], done.stderr
+
+
+def test_a_dead_pyghmi_io_thread_is_an_error_not_a_hang(
+    bmc: PyghmiBmc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyghmi waits without a timeout on its IO thread: a dead one must be refused."""
+    from pyghmi.ipmi.private import session
+
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    monkeypatch.setattr(session, "iothread", ended)
+    with pytest.raises(links.LinkError, match=r"^pyghmi's IPMI network thread has ended"):
+        links.LanLink.login(LOOPBACK, bmc.port, USER, read_password(bmc.config()), 2.0)
 
 
 # ------------------------------------------------------------------ in-band

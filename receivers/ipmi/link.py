@@ -24,11 +24,19 @@ pyghmi facts this relies on (1.6.19):
   ``incommand`` otherwise.
 - pyghmi's event loop is shared by all sessions of the process: whichever thread drives
   it runs the callbacks of any session. Callbacks here only set an Event.
+- pyghmi waits for its sockets in one IO thread per process with ``select.select``,
+  which raises ValueError for a descriptor at or above FD_SETSIZE (1024). An agent on a
+  node with thousands of processes can hold that many files, and then pyghmi's socket
+  gets such a number: the IO thread dies and every later pyghmi wait blocks forever (it
+  waits on an Event only that thread sets, without a timeout). So the link gives pyghmi
+  a ``select`` built on ``poll`` (no such limit) before its first session, and refuses
+  to wait on an IO thread that has ended.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -85,6 +93,56 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+class _PollSelect:
+    """The part of the ``select`` module pyghmi uses, with ``select.select`` done by poll."""
+
+    error = OSError
+
+    @staticmethod
+    def select(
+        rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        by_fd: dict[int, Any] = {}
+        masks: dict[int, int] = {}
+        for mask, objects in (
+            (select.POLLIN, rlist),
+            (select.POLLOUT, wlist),
+            (select.POLLPRI, xlist),
+        ):
+            for obj in objects:
+                fd = obj if isinstance(obj, int) else obj.fileno()
+                by_fd[fd] = obj
+                masks[fd] = masks.get(fd, 0) | mask
+        poller = select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        events = poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+        ended = select.POLLIN | select.POLLERR | select.POLLHUP
+        readable = [by_fd[fd] for fd, ev in events if ev & ended and masks[fd] & select.POLLIN]
+        writable = [by_fd[fd] for fd, ev in events if ev & select.POLLOUT]
+        special = [by_fd[fd] for fd, ev in events if ev & select.POLLPRI]
+        return readable, writable, special
+
+
+_poll_installed = threading.Lock()
+
+
+def _pyghmi_session() -> Any:
+    """pyghmi's session module, its IO thread waiting by poll, and that thread alive.
+
+    LinkError when the IO thread has ended: pyghmi would then wait forever.
+    """
+    from pyghmi.ipmi.private import session
+
+    with _poll_installed:
+        if not isinstance(session.select, _PollSelect):
+            session.select = _PollSelect()
+    thread = session.iothread
+    if thread is not None and not thread.is_alive():
+        raise LinkError("pyghmi's IPMI network thread has ended (see the log); restart the agent")
+    return session
+
+
 def _drive(done: threading.Event, deadline: float) -> bool:
     """Run pyghmi's event loop until ``done`` is set (True) or the deadline passes (False)."""
     from pyghmi.ipmi import command
@@ -127,6 +185,7 @@ class LanLink:
             outcome.update(response)
             done.set()
 
+        _pyghmi_session()
         deadline = time.monotonic() + timeout
         try:
             cmd = command.Command(
@@ -163,6 +222,7 @@ class LanLink:
         if self.closed:
             raise LinkError(f"the session with the BMC at {self.where} is closed")
         session = self._session
+        _pyghmi_session()
         if session.broken or not session.logged:
             self.close()
             raise LinkError(f"the BMC at {self.where} ended the session")
