@@ -21,10 +21,15 @@ negative delta, or petajoules), so each counter goes through :class:`EnergyCount
   have wrapped unseen in the meantime (``max_watts x elapsed`` reaches its range), the
   delta cannot be trusted: the counter primes again from that reading.
 * A counter that really moved to a new level (a reset, a driver reload) would be
-  rejected forever by that rule, so a rejected reading is kept as a *candidate*: when
-  the next reading is a plausible step from the candidate but not from the baseline,
-  the counter is taken to have restarted and primes again from that reading (the
-  interval is lost, nothing is guessed).
+  rejected forever by that rule, so each rejected reading is kept as a *candidate*
+  (every one since the baseline, up to :data:`CANDIDATES`): when a reading is a
+  plausible step from a candidate but not from the baseline, the counter is taken to
+  have restarted and primes again from that reading (the interval is lost, nothing is
+  guessed). All candidates are kept, not only the last: two lies that agree look like
+  a restart, and the true readings that follow are then rejected against that false
+  baseline; keeping the first of them as a candidate lets the next true reading
+  restart from it even when another lie came in between, so one lie never costs more
+  than one true reading.
 
 So an accepted delta is never negative and never above the physical bound, and the
 totals built from them are monotonic.
@@ -39,6 +44,8 @@ from dataclasses import dataclass, field
 MARGIN = 1.05
 #: Absolute margin in seconds (a counter read late within one tick, a coarse counter).
 SLACK_S = 0.01
+#: The most rejected readings kept as candidates for a restart (the oldest are dropped).
+CANDIDATES = 32
 
 
 class Rejected(Exception):
@@ -74,7 +81,9 @@ class EnergyCounter:
     baseline: int | None = None  # the last good reading
     baseline_at: float = 0.0  # when it was read (the receiver's monotonic clock)
     missed: bool = False  # a read failed or was rejected since the baseline
-    candidate: tuple[int, float] | None = None  # the last rejected reading that may be a restart
+    #: the readings rejected since the baseline (value, when), oldest first: any may be
+    #: the first at a restarted counter's new level
+    candidates: list[tuple[int, float]] = field(default_factory=list)
     restarts: int = 0  # times it was found restarted at a new level (and primed again)
     logged: set[str] = field(default_factory=set)  # reasons already logged for this counter
 
@@ -108,12 +117,13 @@ class EnergyCounter:
                 self.restarts += 1
                 self._prime(value, now)
                 return None
-            self.candidate = (value, now)
+            self.candidates.append((value, now))
+            del self.candidates[:-CANDIDATES]
             self.missed = True
             raise
         self.baseline, self.baseline_at = value, now
         self.missed = False
-        self.candidate = None
+        self.candidates.clear()
         return delta * self.joules_per_unit
 
     def fail(self) -> None:
@@ -130,7 +140,7 @@ class EnergyCounter:
     def _prime(self, value: int, now: float) -> None:
         self.baseline, self.baseline_at = value, now
         self.missed = False
-        self.candidate = None
+        self.candidates.clear()
 
     def _may_have_wrapped(self, elapsed: float) -> bool:
         return self.max_range is not None and self.limit(elapsed) >= self.max_range
@@ -153,15 +163,14 @@ class EnergyCounter:
         )
 
     def _restarted(self, value: int, now: float) -> bool:
-        """Whether ``value`` is a plausible step from the last rejected reading."""
-        if self.candidate is None:
-            return False
-        previous, at = self.candidate
-        try:
-            self._delta(previous, value, now - at)
-        except Rejected:
-            return False
-        return True
+        """Whether ``value`` is a plausible step from a reading rejected since the baseline."""
+        for previous, at in reversed(self.candidates):
+            try:
+                self._delta(previous, value, now - at)
+            except Rejected:
+                continue
+            return True
+        return False
 
     def _jump(self, delta: int, elapsed: float) -> str:
         joules = delta * self.joules_per_unit

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from otel_kepler.component import HostSettings
@@ -302,11 +302,24 @@ HWMON_REJECTED["empty"] = HWMON_REJECTED["vanish"] = "unreadable"
 HWMON_SAME = {"empty": "unreadable"}
 
 
+#: Two agreeing lies (a false restart), then a spike between two true readings: the
+#: spike must not cost the second true reading too (each lie costs at most one).
+FALSE_RESTART = [
+    Step("backwards", 1.0, 0.0),
+    Step("backwards", 1.0, 0.0),
+    Step("good", 1.0, 0.0),
+    Step("spike", 1.0, 0.0),
+    Step("good", 1.0, 0.0),
+]
+
+
 @PROPERTY
 @given(
     sequence=steps(tuple(HWMON_REJECTED) + LIES),
     start_uj=st.integers(min_value=0, max_value=10**13),
 )
+@example(sequence=FALSE_RESTART, start_uj=474_000_001)
+@example(sequence=[Step(s.kind, 1.0, 40.0) for s in FALSE_RESTART], start_uj=10**12)
 def test_hwmon_energy_totals_are_monotonic_bounded_and_true(
     sequence: list[Step], start_uj: int
 ) -> None:
