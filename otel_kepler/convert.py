@@ -171,8 +171,9 @@ class Converter:
                 node.add(m.NODE_CPU_ACTIVE, attrs, zone.active_total_joules, start)
                 node.add(m.NODE_CPU_IDLE, attrs, zone.idle_total_joules, start)
                 key: tuple[Any, ...] = ("cpu", zone.zone, zone.source, attrs)
+                # Over what the zone's watts were measured over: active + idle = watts.
                 active_w, idle_w = self._split_watts(
-                    key, zone.active_total_joules, zone.idle_total_joules, interval
+                    key, zone.active_total_joules, zone.idle_total_joules, zone.seconds or interval
                 )
                 node.add(m.NODE_CPU_ACTIVE_WATTS, attrs, active_w)
                 node.add(m.NODE_CPU_IDLE_WATTS, attrs, idle_w)

@@ -214,6 +214,8 @@ class ZoneEnergy:
     total_joules: float
     active_total_joules: float
     idle_total_joules: float
+    #: seconds interval_joules was measured over (watts divide by it); 0: the tick's interval
+    seconds: float = 0.0
 
 
 @dataclass(slots=True)

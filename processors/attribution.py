@@ -289,7 +289,7 @@ class AttributionProcessor(Processor):
             state.total_joules += r.joules
             seconds[key] = max(seconds.get(key, 0.0), r.seconds or interval)
         for key, state in seen.items():
-            over = seconds[key]
+            over = state.seconds = seconds[key]
             state.watts = state.interval_joules / over if over > 0 else 0.0
         return list(seen.values())
 

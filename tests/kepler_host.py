@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import yaml
 
@@ -89,6 +89,20 @@ def start_qemu(directory: Path) -> subprocess.Popen[bytes]:
             raise AssertionError(f"QEMU did not start spinning (exit code {child.returncode})")
         time.sleep(0.1)
     return child
+
+
+def settled_time(peer: Any, selector: str, span: int = 60) -> float:
+    """The time of the next-to-newest sample of ``selector`` (one series) in a backend.
+
+    The backend has stored a later scrape or push since, so every series of that one is
+    queryable: queries evaluated there (``time=``) all read the samples of one tick, whatever
+    arrives while they run, unlike queries at "now" that may straddle a new scrape.
+    """
+    data = peer.api("query", {"query": f"{selector}[{span}s]", "time": f"{time.time():.3f}"})
+    (series,) = data["result"]
+    values = series["values"]
+    assert len(values) >= 2, f"{selector}: {values}"
+    return float(values[-2][0])
 
 
 def stop(child: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:

@@ -38,6 +38,7 @@ from tests.kepler_host import (
     POD,
     VM_NAME,
     KeplerHost,
+    settled_time,
 )
 from tests.peers import Prometheus, VictoriaMetrics
 
@@ -217,11 +218,13 @@ def measured_watts(peer: Any, zone: str) -> float:
     return (float(v1) - float(v0)) / (float(t1) - float(t0))
 
 
-def answers(fed: dict[str, Any], expr: str) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
-    """Backend -> {label set: value} of an instant query, identical label sets required."""
+def answers(
+    fed: dict[str, Any], expr: str, at: dict[str, float]
+) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """Backend -> {label set: value} of an instant query at the backend's time ``at``."""
     out: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
     for backend in BACKENDS:
-        result = fed[backend].query(substitute(expr))
+        result = fed[backend].query(substitute(expr), at=at[backend])
         out[backend] = {frozenset(r["metric"].items()): float(r["value"][1]) for r in result}
     return out
 
@@ -229,8 +232,10 @@ def answers(fed: dict[str, Any], expr: str) -> dict[str, dict[frozenset[tuple[st
 def test_every_query_returns_data_from_both_backends(fed: dict[str, Any]) -> None:
     dashboard = load()
     values: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    # Each backend's queries at one tick's samples: totals and their parts agree exactly.
+    at = {b: settled_time(fed[b], ENERGY.format(zone="package")) for b in BACKENDS}
     for where, expr in queries(dashboard):
-        got = answers(fed, expr)
+        got = answers(fed, expr, at)
         for backend, series in got.items():
             assert series, f"{where}: no data from {backend}: {substitute(expr)}"
         if re.search(r"kepler_(process|container|vm)_", expr) and "$namespace" not in expr:

@@ -40,6 +40,7 @@ from tests.kepler_host import (
     POWER_JITTER,
     VM_NAME,
     KeplerHost,
+    settled_time,
 )
 from tests.peers import Prometheus
 
@@ -239,8 +240,10 @@ def test_keplers_levels_fill_every_panel_and_variable(
     assert str(host.burner_pid) in options["process"]
     assert str(host.qemu_pid) in options["process"]
     answers: dict[int, list[dict[str, Any]]] = {}
+    # Every panel at one scrape's time: totals and their parts come from the same samples.
+    at = settled_time(prom, 'kepler_node_cpu_joules_total{job="kepler",zone="package"}')
     for panel in PANELS:
-        result = prom.query(substitute(panel.expr, values))
+        result = prom.query(substitute(panel.expr, values), at=at)
         assert result, (
             f"panel {panel.id} {panel.title!r}: no data: {substitute(panel.expr, values)}"
         )
