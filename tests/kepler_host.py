@@ -125,15 +125,18 @@ class KeplerHost:
         *,
         acpi_watts: float | None = None,
         carbon_intensity: float | None = None,
+        otlp_interval: str | None = None,
     ) -> None:
         """``levels``: the attribution's levels; or pipeline name -> levels, for several
         pipelines (``metrics/<name>``), each with its attribution and pull endpoint.
         ``acpi_watts``: an ACPI power meter at that power instead of the Redfish BMC;
-        ``carbon_intensity``: the carbon processor with that static intensity (gCO2e/kWh)."""
+        ``carbon_intensity``: the carbon processor with that static intensity (gCO2e/kWh);
+        ``otlp_interval``: push at most this often (the OTLP exporter's ``interval``)."""
         self.pipelines = levels if isinstance(levels, dict) else {"": levels}
         self.otlp_url = otlp_url
         self.acpi_watts = acpi_watts
         self.carbon_intensity = carbon_intensity
+        self.otlp_interval = otlp_interval
         self.ports = {name: free_port() for name in self.pipelines}
         self.port = next(iter(self.ports.values()))
         self.pod_uid = str(uuid.uuid4())
@@ -281,7 +284,10 @@ class KeplerHost:
                 "exporters": [f"prometheus{suffix}"],
             }
         if self.otlp_url:
-            exporters["otlphttp"] = {"metrics_endpoint": self.otlp_url}
+            otlp = {"metrics_endpoint": self.otlp_url}
+            if self.otlp_interval is not None:
+                otlp["interval"] = self.otlp_interval
+            exporters["otlphttp"] = otlp
             next(iter(pipelines.values()))["exporters"].append("otlphttp")
         return {
             "host": {"sysfs": str(self.sysfs), "node_name": NODE},

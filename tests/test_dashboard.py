@@ -174,8 +174,15 @@ def fed() -> Iterator[dict[str, Any]]:
     ]
     with (
         VictoriaMetrics() as vm,
+        # Every 3 s: a push of every process of a busy 2-core host into a backend on the same
+        # host took 1 to 2.3 s (measured), so pushing each 1 s tick overflowed the queue (10)
+        # and dropped batches, which the dashboard's drops panel (asserted zero) would show.
         KeplerHost(
-            LEVELS, vm.otlp_metrics_url, acpi_watts=PLATFORM_W, carbon_intensity=INTENSITY
+            LEVELS,
+            vm.otlp_metrics_url,
+            acpi_watts=PLATFORM_W,
+            carbon_intensity=INTENSITY,
+            otlp_interval="3s",
         ) as host,
     ):
         target = {
