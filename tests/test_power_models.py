@@ -337,7 +337,8 @@ def test_bad_model_files_are_refused_with_the_problem(tmp_path: Path) -> None:
     unknown = linear_doc(features=["cpu_usage_ratio", "gpu_util"])
     assert refused(tmp_path, json.dumps(unknown)) == (
         "unknown feature 'gpu_util' (known: cpu_usage_ratio, cpu_seconds_per_s, "
-        "cpu_frequency_ghz, cycles_per_s, instructions_per_s, cache_misses_per_s)"
+        "cpu_frequency_ghz, cycles_per_s, instructions_per_s, cache_misses_per_s, "
+        "network_bytes_per_s, block_bytes_per_s, softirq_net_per_s, softirq_block_per_s)"
     )
     dropped = linear_doc(features=["cpu_usage_ratio"])
     assert refused(tmp_path, json.dumps(dropped)) == (

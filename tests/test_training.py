@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from otel_kepler.data import Contribution
 from otel_kepler.receivers.estimator import EstimatorConfig, RegressionConfig
 from otel_kepler.receivers.power_models import regression
 from otel_kepler.receivers.power_models.training import (
+    ACTIVITY_FEATURES,
     COLUMNS,
     RowWriter,
     TrainOptions,
@@ -68,6 +72,7 @@ def test_training_recovers_a_known_function(tmp_path: Path) -> None:
         "cycles_per_s: not recorded on this host",
         "cache_misses_per_s: not recorded on this host",
     ]
+    assert result.compared is None  # no activity features recorded
     assert (result.train_rows, result.heldout.rows) == (3200, 800)
     assert result.heldout.mape_percent < 5
     assert result.heldout.mae_watts < 1.0  # the noise: 0.8 W standard deviation
@@ -155,7 +160,8 @@ def test_dataset_columns_and_missing_values(tmp_path: Path) -> None:
     assert header == ",".join(COLUMNS)
     assert header == (
         "timestamp,interval_s,cpu_usage_ratio,cpu_seconds_per_s,cpu_frequency_ghz,cycles_per_s,"
-        "instructions_per_s,cache_misses_per_s,package_watts,dram_watts,platform_watts"
+        "instructions_per_s,cache_misses_per_s,network_bytes_per_s,block_bytes_per_s,"
+        "softirq_net_per_s,softirq_block_per_s,package_watts,dram_watts,platform_watts"
     )
     data = load_dataset([str(path)])
     assert data.columns["timestamp"].tolist() == [1.0, 2.0]  # ordered by time
@@ -317,3 +323,153 @@ def package_joules(part: Contribution, source: str) -> float:
     [reading] = [r for r in part.energy if r.zone == "package"]
     assert reading.source == source
     return reading.joules
+
+
+# -- activity features: real loopback traffic and real block I/O, recorded ------------
+
+PHASE_S = 1.5
+CHUNK = 1 << 20
+
+
+class Phases:
+    """Quiet, loopback traffic, quiet, block writes, quiet; when each ran, what it moved."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.windows: dict[str, tuple[float, float]] = {}
+        self.sent = 0  # bytes through a loopback TCP connection, all received
+        self.synced = 0  # bytes written and fsynced
+
+    def run(self) -> None:
+        time.sleep(PHASE_S)
+        self.windows["net"] = self._timed(self._network)
+        time.sleep(PHASE_S)
+        self.windows["block"] = self._timed(self._block)
+        time.sleep(PHASE_S)
+
+    def _timed(self, work: Callable[[float], None]) -> tuple[float, float]:
+        begin = time.time()
+        work(begin + PHASE_S)
+        return begin, time.time()
+
+    def _network(self, until: float) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            received = [0]
+
+            def drain() -> None:
+                conn, _ = server.accept()
+                with conn:
+                    while data := conn.recv(1 << 16):
+                        received[0] += len(data)
+
+            reader = threading.Thread(target=drain)
+            reader.start()
+            payload = b"x" * (1 << 16)
+            with socket.create_connection(server.getsockname()) as client:
+                while time.time() < until:
+                    client.sendall(payload)
+                    self.sent += len(payload)
+            reader.join()
+            assert received[0] == self.sent
+
+    def _block(self, until: float) -> None:
+        payload = os.urandom(CHUNK)
+        path = self.folder / "written.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while time.time() < until:
+                os.write(fd, payload)
+                os.fsync(fd)
+                self.synced += CHUNK
+        finally:
+            os.close(fd)
+            path.unlink()
+
+
+def test_activity_features_follow_real_traffic_and_are_compared(
+    tmp_path: Path, meter: tuple[RaplTree, Burners], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree, _ = meter
+    config = tmp_path / "record.yaml"
+    config.write_text(
+        f"host: {{sysfs: {tree.sysfs}}}\n"
+        "receivers: {rapl: {}}\n"
+        "exporters: {debug: {verbosity: basic}}\n"
+        "service:\n"
+        "  interval: 200ms\n"
+        "  telemetry: {metrics: {enabled: false}}\n"
+        "  pipelines: {metrics: {receivers: [rapl], exporters: [debug]}}\n"
+    )
+    # the disks are the machine's (/sys/block), the RAPL tree the fixture's
+    (Path(tree.sysfs) / "block").symlink_to("/sys/block")
+    data = tmp_path / "run.csv"
+    phases = Phases(tmp_path)
+    driver = threading.Thread(target=phases.run)
+    driver.start()
+    seconds = PHASE_S * 5 + 0.5
+    code = cli.main(
+        ["record", "--config", str(config), "--out", str(data), "--duration", f"{seconds}s"]
+    )
+    driver.join()
+    assert code == 0
+    rows = load_dataset([str(data)])
+    for name in ACTIVITY_FEATURES:
+        assert rows.complete(name), name
+    c = rows.columns
+    end, start = c["timestamp"], c["timestamp"] - c["interval_s"]
+    slack = 0.05  # the features are read a little before the row's timestamp
+
+    def overlapping(window: tuple[float, float]) -> np.ndarray:
+        ticks: np.ndarray = (end + slack > window[0]) & (start - slack < window[1])
+        return ticks
+
+    def inside(window: tuple[float, float]) -> np.ndarray:
+        ticks: np.ndarray = (start - slack >= window[0]) & (end + slack <= window[1])
+        return ticks
+
+    quiet = ~overlapping(phases.windows["net"]) & ~overlapping(phases.windows["block"])
+    moved = {n: c[n] * c["interval_s"] for n in ACTIVITY_FEATURES}
+    net, block = inside(phases.windows["net"]), inside(phases.windows["block"])
+    assert quiet.sum() >= 5 and net.sum() >= 3 and block.sum() >= 3, (quiet, net, block)
+    # every byte over loopback is counted twice (sent and received on lo), none lost;
+    # every fsynced byte reached the disk (more may: the journal, the neighbours)
+    assert moved["network_bytes_per_s"][overlapping(phases.windows["net"])].sum() >= (
+        2 * phases.sent
+    )
+    assert moved["block_bytes_per_s"][overlapping(phases.windows["block"])].sum() >= (phases.synced)
+    # busy while the traffic runs, about nothing without it: the quiet ticks' median
+    # (other tenants' traffic) is measured here, the traffic's at least 10x that and >0
+    for name, phase in (
+        ("network_bytes_per_s", net),
+        ("softirq_net_per_s", net),
+        ("block_bytes_per_s", block),
+    ):
+        assert c[name][phase].min() > 0, name
+        assert np.median(c[name][phase]) > 10 * np.median(c[name][quiet]), name
+    # BLOCK softirqs complete requests on another CPU: fewer, and some at rest
+    assert np.median(c["softirq_block_per_s"][block]) > 2 * np.median(
+        c["softirq_block_per_s"][quiet]
+    )
+    capsys.readouterr()
+
+    # train: the default model leaves the activity features out and scores them beside
+    for features in (None, f"cpu_seconds_per_s,{','.join(ACTIVITY_FEATURES)}"):
+        model_path = tmp_path / "model.json"
+        args = ["train", "--data", str(data), "--out", str(model_path), "--degree", "1"]
+        assert cli.main(args + (["--features", features] if features else [])) == 0
+        printed = capsys.readouterr().out
+        scores = {
+            key: (float(mae), float(mape))
+            for key, mae, mape in re.findall(
+                r"^  (with|without) the activity features.*: MAE ([0-9.]+) W, MAPE ([0-9.]+)%",
+                printed,
+                re.MULTILINE,
+            )
+        }
+        assert set(scores) == {"with", "without"}, printed
+        model = regression.load(str(model_path))
+        own, other = ("with", "without") if features else ("without", "with")
+        assert scores[own][0] == pytest.approx(model.heldout_error["mae_watts"], abs=6e-4)
+        stored = model.trained_on[f"heldout_error_{other}_activity"]
+        assert scores[other][0] == pytest.approx(stored["mae_watts"], abs=6e-4)
+        assert all(math.isfinite(v) for pair in scores.values() for v in pair)

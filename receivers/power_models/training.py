@@ -12,7 +12,9 @@ with ``null`` instead.
 20% and fits on the rest: least squares over the features and their products
 (degree 2 by default, optionally with non-negative weights), or a small
 gradient-boosted model where scikit-learn is installed. The held-out MAE, MAPE and
-max error are printed and written into the model file.
+max error are printed and written into the model file. Where the model uses node
+activity features (network, block I/O, softirqs), the same fit without them is
+scored on the same held-out rows and printed too, so that their worth is measured.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from otel_kepler.receivers.ebpf import EbpfReceiver
 from otel_kepler.receivers.estimator import counters_off
 from otel_kepler.receivers.power_models import curve, regression
 from otel_kepler.receivers.power_models.features import (
+    ACTIVITY_FEATURES,
     COUNTER_FEATURES,
     FEATURES,
     TARGETS,
@@ -448,14 +451,28 @@ class TrainResult:
     heldout: Errors
     train_rows: int
     notes: list[str] = field(default_factory=list)
+    #: the same fit on the same held-out rows, with the usable activity features added
+    #: (where the model has none) or taken away (where it has some); None: no such fit
+    compared: Errors | None = None
+    compared_features: tuple[str, ...] = ()
 
 
 def choose_features(
-    data: Dataset, wanted: list[str] | None, train: slice
+    data: Dataset, wanted: list[str] | None, train: slice, default: Sequence[str] = ()
 ) -> tuple[list[str], list[str]]:
-    """The features to fit on, and notes on the ones left out."""
+    """The features to fit on, and notes on the ones left out.
+
+    Without ``wanted``, the ``default`` ones, or the features other than the activity
+    ones: on a short recording their noise costs more than they explain, so they are
+    used when asked for (and always scored beside the model, see :func:`train`).
+    """
     notes: list[str] = []
-    names = wanted if wanted is not None else list(FEATURES)
+    if wanted is not None:
+        names = list(wanted)
+    elif default:
+        names = list(default)
+    else:
+        names = [n for n in FEATURES if n not in ACTIVITY_FEATURES]
     chosen: list[str] = []
     for name in names:
         if name not in FEATURES:
@@ -498,8 +515,47 @@ def train(paths: Sequence[str], options: TrainOptions) -> TrainResult:
     if data.rows < 10:
         raise TrainingError(f"{data.rows} rows with {column}: at least 10 are needed")
     split = data.rows - max(1, round(data.rows * options.holdout))
+    names, notes = choose_features(data, options.features, slice(0, split))
+    model, heldout = _fit(data, names, y_all, split, options)
+    trained_on = _provenance(data, split, options)
+    other = _other_features(data, names, split)
+    compared: Errors | None = None
+    if other:
+        compared = _fit(data, other, y_all, split, options)[1]
+        key = "with" if len(other) > len(names) else "without"
+        trained_on[f"heldout_error_{key}_activity"] = {"features": other, **compared.as_dict()}
+    model = regression.PowerModel(
+        name=model.name,
+        zone=model.zone,
+        kind=model.kind,
+        features=model.features,
+        body=model.body,
+        idle_watts=model.idle_watts,
+        trained_on=trained_on,
+        heldout_error=heldout.as_dict(),
+    )
+    return TrainResult(model, heldout, split, notes, compared, tuple(other))
+
+
+def _other_features(data: Dataset, names: list[str], split: int) -> list[str]:
+    """The features of the comparison: ``names`` without the activity features if they
+    have some (and something else), else with the usable recorded ones added; [] if none.
+    """
+    if any(n in ACTIVITY_FEATURES for n in names):
+        others = [n for n in names if n not in ACTIVITY_FEATURES]
+        return others if others else []
+    try:
+        extra, _ = choose_features(data, None, slice(0, split), ACTIVITY_FEATURES)
+    except TrainingError:  # none recorded, or all constant
+        return []
+    return [*names, *extra]
+
+
+def _fit(
+    data: Dataset, names: list[str], y_all: Array, split: int, options: TrainOptions
+) -> tuple[regression.PowerModel, Errors]:
+    """A model of ``names`` fitted on the rows before ``split``; its error on the rest."""
     train_rows, test_rows = slice(0, split), slice(split, None)
-    names, notes = choose_features(data, options.features, train_rows)
     x_all = np.column_stack([data.columns[n] for n in names])
     idle = None
     y_fit = y_all[train_rows]
@@ -524,18 +580,7 @@ def train(paths: Sequence[str], options: TrainOptions) -> TrainResult:
         idle_watts=idle,
     )
     predicted = np.array([model.predict(row) for row in x_all[test_rows].tolist()])
-    heldout = errors(predicted, y_all[test_rows])
-    model = regression.PowerModel(
-        name=model.name,
-        zone=model.zone,
-        kind=model.kind,
-        features=model.features,
-        body=model.body,
-        idle_watts=idle,
-        trained_on=_provenance(data, split, options),
-        heldout_error=heldout.as_dict(),
-    )
-    return TrainResult(model, heldout, split, notes)
+    return model, errors(predicted, y_all[test_rows])
 
 
 def _provenance(data: Dataset, split: int, options: TrainOptions) -> dict[str, Any]:
@@ -561,6 +606,12 @@ def _provenance(data: Dataset, split: int, options: TrainOptions) -> dict[str, A
     return info
 
 
+def _scores(e: Errors) -> str:
+    return (
+        f"MAE {e.mae_watts:.3f} W, MAPE {e.mape_percent:.2f}%, max error {e.max_error_watts:.3f} W"
+    )
+
+
 def _iso(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
@@ -573,15 +624,22 @@ def report(result: TrainResult) -> str:
         f"model {model.name}: {model.kind} {model.zone} power from {', '.join(model.features)} "
         f"({model.estimator}, {result.train_rows} training rows)",
         *(f"  left out {note}" for note in result.notes),
-        f"held-out {e.rows} rows (the last {HOLDOUT:.0%} by time): MAE {e.mae_watts:.3f} W, "
-        f"MAPE {e.mape_percent:.2f}%, max error {e.max_error_watts:.3f} W",
+        f"held-out {e.rows} rows (the last {HOLDOUT:.0%} by time): {_scores(e)}",
     ]
+    if result.compared is not None:
+        compared_has_more = len(result.compared_features) > len(model.features)
+        richer = result.compared_features if compared_has_more else model.features
+        with_e, without_e = (result.compared, e) if compared_has_more else (e, result.compared)
+        added = ", ".join(n for n in richer if n in ACTIVITY_FEATURES)
+        lines.append(f"  with the activity features ({added}): {_scores(with_e)}")
+        lines.append(f"  without the activity features: {_scores(without_e)}")
     if model.idle_watts is not None:
         lines.insert(1, f"  idle {model.idle_watts:.3f} W")
     return "\n".join(lines)
 
 
 __all__ = [
+    "ACTIVITY_FEATURES",
     "COLUMNS",
     "COUNTER_FEATURES",
     "Dataset",
