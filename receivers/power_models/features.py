@@ -111,7 +111,7 @@ NOT_DISKS = ("loop", "ram", "zram")
 
 def whole_disks(sysfs: str) -> frozenset[str]:
     """Block devices that are disks of their own: not partitions, stacked or in memory."""
-    root = os.path.join(sysfs, "block")
+    root = os.path.join(sysfs, "block")  # partitions live below their disk, not here
     try:
         names = os.listdir(root)
     except OSError:
@@ -186,6 +186,7 @@ class ActivityReader:
         self.net_path = os.path.join(procfs, "net", "dev")
         self.disk_path = os.path.join(procfs, "diskstats")
         self.softirq_path = os.path.join(procfs, "softirqs")
+        self.block_root = os.path.join(sysfs, "block")
         self.disks = whole_disks(sysfs)
         self._previous: dict[str, dict[str, int]] | None = None
 
@@ -195,7 +196,7 @@ class ActivityReader:
         if not os.access(self.net_path, os.R_OK):
             out["network_bytes_per_s"] = f"cannot read {self.net_path}"
         if not self.disks:
-            out["block_bytes_per_s"] = f"no disk under {os.path.dirname(self.disk_path)}"
+            out["block_bytes_per_s"] = f"no disk under {self.block_root}"
         elif not os.access(self.disk_path, os.R_OK):
             out["block_bytes_per_s"] = f"cannot read {self.disk_path}"
         if not os.access(self.softirq_path, os.R_OK):
