@@ -43,7 +43,11 @@ from otel_kepler.data import Component, Contribution, GaugeValue, ProcessSample
 from otel_kepler.receivers.ebpf import EbpfConfig, EbpfReceiver
 from otel_kepler.receivers.power_models import curve, regression
 from otel_kepler.receivers.power_models.calibration import Calibrator, ModelReading
-from otel_kepler.receivers.power_models.features import COUNTER_FEATURES, FeatureReader
+from otel_kepler.receivers.power_models.features import (
+    ACTIVITY_FEATURES,
+    COUNTER_FEATURES,
+    FeatureReader,
+)
 from otel_kepler.receivers.power_models.fit import Line
 from otel_kepler.receivers.procfs.stat import StatError, read_cpu_times
 from otel_kepler.schema import ConfigError
@@ -452,6 +456,7 @@ class EstimatorReceiver(Receiver):
         elif self.config.model == "regression":
             self.model = self._start_regression()
         self._reader.read_frequency = "cpu_frequency_ghz" in self.model.features
+        self._reader.read_activity = any(f in ACTIVITY_FEATURES for f in self.model.features)
         prior = model_line(self.model)
         self._model_idle = prior.idle if prior is not None else None
         if self.config.calibrate_from is not None:
