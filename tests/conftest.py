@@ -7,6 +7,7 @@ with their reason.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Generator
 from typing import Any
@@ -48,3 +49,21 @@ def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Generat
         os.environ.pop("STATE_DIRECTORY", None)
     else:
         os.environ["STATE_DIRECTORY"] = previous
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Generator[None]:
+    """A test that runs the agent in this process (cli.main) sets up logging as the agent
+    does; later tests must not inherit its level, handlers or formatters."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    formatters = [h.formatter for h in handlers]
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler, formatter in zip(handlers, formatters, strict=True):
+        if handler not in root.handlers:
+            root.addHandler(handler)
+        handler.setFormatter(formatter)
