@@ -179,7 +179,6 @@ def next_tick(url: str, after: float | None, timeout: float = 60.0) -> tuple[flo
         try:
             body = urllib.request.urlopen(url, timeout=5).read()
         except OSError:  # not listening yet: a busy machine starts the agent slowly
-            previous = began
             time.sleep(0.05)
             continue
         ended = time.monotonic()
