@@ -20,7 +20,7 @@ import pytest
 from otel_kepler import cli
 from otel_kepler.component import HostSettings
 from otel_kepler.data import Contribution
-from otel_kepler.receivers.estimator import EstimatorConfig, RegressionConfig
+from otel_kepler.receivers.estimator import EstimatorConfig, EstimatorReceiver, RegressionConfig
 from otel_kepler.receivers.power_models import regression
 from otel_kepler.receivers.power_models.features import FeatureReader
 from otel_kepler.receivers.power_models.training import (
@@ -477,6 +477,21 @@ def test_activity_features_follow_real_traffic_and_are_compared(
         stored = model.trained_on[f"heldout_error_{other}_activity"]
         assert scores[other][0] == pytest.approx(stored["mae_watts"], abs=6e-4)
         assert all(math.isfinite(v) for pair in scores.values() for v in pair)
+
+    # the estimator reads the same features on this host and predicts from them
+    estimator = EstimatorReceiver(
+        "estimator",
+        EstimatorConfig(model="regression", regression=RegressionConfig(str(model_path))),
+        HostSettings(sysfs=tree.sysfs),
+    )
+    estimator.start()
+    try:
+        estimator.collect()
+        time.sleep(0.3)
+        [reading] = estimator.collect().energy
+    finally:
+        estimator.shutdown()
+    assert reading.source == "model" and math.isfinite(reading.joules) and reading.joules > 0
 
 
 def test_activity_counters_whole_disks_and_restarts(tmp_path: Path) -> None:
