@@ -309,7 +309,10 @@ def test_a_hung_backend_times_out_and_is_retried_while_ticks_go_on(
         agent.service.shutdown()
     calls = sink.calls
     assert calls[1].outcome == "hang"
-    assert calls[2].received_at - calls[1].received_at >= 1.0  # waited for the timeout
+    # Waited for the 1 s timeout. The times are the sink's receipts: the hung request's was
+    # taken when its handler ran, which a busy node may delay by a scheduling slice after
+    # the client sent it, so allow one 100 ms slice.
+    assert calls[2].received_at - calls[1].received_at >= 0.9
     # The newest batch superseded the hung one: the last totals are all the energy.
     assert last_value(sink, JOULES, zone="package") == pytest.approx(10.0 * ticks, rel=1e-4)
     durations = [p.value for p in sink.metric_points("otel_kepler.agent.tick.duration")]
