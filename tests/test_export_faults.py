@@ -446,15 +446,19 @@ def test_after_a_size_refusal_later_ticks_are_cut_before_they_are_sent(
         sink.respond_sequence(then=Answer.too_large(limit))
         agent.tick(10.0)
         wait_until(lambda: any(c.outcome == "error" for c in sink.calls), timeout=60)
-        wait_until(lambda: agent.worker.sent_points > 0 and not agent.worker._queue, timeout=60)
+        idle = lambda: not agent.worker._queue and not agent.worker._busy  # noqa: E731
+        wait_until(lambda: agent.worker.sent_points > 0 and idle(), timeout=60)
         # The backend counts resources, the exporter bytes: a refusal or two more may come
         # while the learned size settles; after that a tick goes out cut, none refused.
         for _ in range(4):
             sink.clear()
             agent.tick(10.0)
-            tick = tick_time(sink.wait_for_calls(1, timeout=60)[0].request)
-            wait_until(lambda: not agent.worker._queue and not agent.worker._busy, timeout=60)
+            sink.wait_for_calls(1, timeout=60)
+            wait_until(idle, timeout=60)
             time.sleep(0.5)
+            # The newest tick's calls: a part of the tick before may still have been on its
+            # way when the sink was cleared.
+            tick = max(tick_time(c.request) for c in sink.calls)
             if all(c.outcome == "ok" for c in sink.calls):
                 break
     finally:
