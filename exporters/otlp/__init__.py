@@ -69,7 +69,7 @@ class _OtlpExporter(Exporter):
             try:
                 response = self._send(body, limit)
             except ExportError as err:
-                if err.too_large and len(chunk) > 1:
+                if err.too_large and sum(len(p.blocks) for p in chunk) > 1:
                     self.max_request_bytes = max(1, len(body) // 2)
                 raise
             self.encoder.delivered(chunk)
@@ -83,12 +83,15 @@ class _OtlpExporter(Exporter):
             return [parts]
         chunks: list[list[Part]] = [[]]
         size = 0
-        for part in parts:
-            if chunks[-1] and size + len(part.data) > cap:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(part)
-            size += len(part.data)
+        for whole in parts:
+            # A part holds several resources; one over the limit is cut into resources.
+            pieces = self.encoder.split(whole) if len(whole.data) > cap else [whole]
+            for part in pieces:
+                if chunks[-1] and size + len(part.data) > cap:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(part)
+                size += len(part.data)
         return chunks
 
     settings: HttpSettings | GrpcSettings
