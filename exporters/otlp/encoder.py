@@ -86,6 +86,7 @@ class _Block:
     points: list[Any]
     sums: list[bool]  # whether each series is a sum (delta applies)
     shape: weakref.ref[Shape] | None = None
+    key: int = 0  # id of the shape, its key in the encoder's cache
     #: the encode pass that last set this block's points, and what it delivers (delta)
     mark: int = 0
     delivered: list[Delivery] = field(default_factory=list)
@@ -123,7 +124,9 @@ class Encoder:
 
     def __init__(self, temporality: str = "cumulative") -> None:
         self.delta = temporality == "delta"
-        self._cache: weakref.WeakKeyDictionary[Shape, _Block] = weakref.WeakKeyDictionary()
+        #: id(shape) -> its block; an entry is checked against the block's weak reference
+        #: (a WeakKeyDictionary lookup makes a reference each time: measurably slower)
+        self._cache: dict[int, _Block] = {}
         self._delivered_ended: weakref.WeakSet[Shape] = weakref.WeakSet()
         #: delta: series key -> (cumulative value, time) last delivered
         self._last: dict[tuple[Any, ...], tuple[float, int]] = {}
@@ -148,12 +151,13 @@ class Encoder:
         cache = self._cache
         for block in snapshot.blocks:
             shape = block.shape
+            encoded = cache.get(id(shape))
+            if encoded is None or encoded.shape is None or encoded.shape() is not shape:
+                encoded = None
             if shape.terminated and shape in self._delivered_ended:
-                cached = cache.pop(shape, None)
-                if cached is not None:
-                    self._remove(cached)  # an ended workload rides batches until delivered
+                if encoded is not None:
+                    self._remove(encoded)  # an ended workload rides batches until delivered
                 continue
-            encoded = cache.get(shape)
             if encoded is None:
                 encoded = self._add(shape)
             page = encoded.page
@@ -221,8 +225,9 @@ class Encoder:
         block = _Block(page, message, points, sums)
         gone = self._gone
         block.shape = weakref.ref(shape, lambda _ref: gone.append(block))
+        block.key = id(shape)
         page.blocks.append(block)
-        self._cache[shape] = block
+        self._cache[block.key] = block
         return block
 
     def _remove(self, block: _Block) -> None:
@@ -232,6 +237,8 @@ class Encoder:
         index = page.blocks.index(block)
         del page.blocks[index]
         del page.request.resource_metrics[index]
+        if self._cache.get(block.key) is block:
+            del self._cache[block.key]
         block.page = block.message = block.shape = None
         block.points = []
         page.removed += 1
@@ -254,6 +261,8 @@ class Encoder:
             self._pages.remove(page)
             for block in page.blocks:
                 shape = None if block.shape is None else block.shape()
+                if self._cache.get(block.key) is block:
+                    del self._cache[block.key]
                 block.page = block.message = block.shape = None
                 block.points = []
                 if shape is not None:
