@@ -197,9 +197,11 @@ class Encoder:
         for part in parts:
             for shape in part.ended:
                 self._delivered_ended.add(shape)
+            if not self.delta:
+                continue
             for key, value, time_ns in part.delivered:
                 self._last[key] = (value, time_ns)
-            if part.ended and self.delta:
+            if part.ended:
                 gone = {shape.key for shape in part.ended}
                 for key, _, _ in part.delivered:
                     if key[0] in gone:
