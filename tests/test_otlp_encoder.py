@@ -90,7 +90,8 @@ def test_ended_workloads_leave_and_memory_stays_bounded_under_churn() -> None:
     next_pid = 101
     for tick in range(1, 61):
         parts = encoder.encode(snapshot(live, tick))
-        assert sorted(decode(parts)) == sorted(int(s.key[1]) for s in live)
+        pids = [int(s.key[1]) for s in live]
+        assert decode(parts) == {pid: (tick * 1000.0 + pid, tick) for pid in pids}
         rng.shuffle(live)  # 20 end, any 20, and 20 start
         live = live[20:] + [shape(next_pid + i) for i in range(20)]
         next_pid += 20
