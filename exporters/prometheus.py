@@ -6,8 +6,9 @@ translation a backend applies to OTLP, so both paths agree.
 * **Rendered on scrape, at most once per tick.** A tick only hands over its
   snapshot (no work on the tick's thread); the first scrape after it renders
   the text exposition, which every later scrape of the same tick is served
-  from (gzip-compressed once too, when asked for). A series' label string is
-  built once and kept as long as its labels hold.
+  from (gzip-compressed once too, at level 1, when asked for). A series' line
+  up to its value (name and labels) is built once and kept as long as its
+  labels hold.
 * **Ended workloads** stay in the output for the converter's
   ``terminated_retention``, so every scraper of an HA pair sees them.
 * **Serving never slows measuring.** Connections wait in a selector until
