@@ -69,16 +69,34 @@ def test_a_page_split_into_blocks_is_the_same_bytes() -> None:
 
 
 def test_half_a_batch_sends_only_its_blocks() -> None:
-    """A batch split for size is encoded in halves: a page is sent only with the blocks
-    of this half, and the other half's blocks stay cached."""
+    """A batch split for size is encoded in halves: each sends only its own blocks, and
+    the next whole batch all of them again."""
     encoder = Encoder()
     shapes = [shape(pid) for pid in range(1, 101)]
     encoder.encode(snapshot(shapes, 1))
     first = decode(encoder.encode(snapshot(shapes[:50], 2)))
     second = decode(encoder.encode(snapshot(shapes[50:], 2)))
-    assert sorted(first) == list(range(1, 51))
-    assert sorted(second) == list(range(51, 101))
+    assert first == {pid: (2000.0 + pid, 2) for pid in range(1, 51)}
+    assert second == {pid: (2000.0 + pid, 2) for pid in range(51, 101)}
+    whole = decode(encoder.encode(snapshot(shapes, 3)))
+    assert whole == {pid: (3000.0 + pid, 3) for pid in range(1, 101)}
     assert encoder.cached_blocks == 100
+
+
+def test_a_workload_that_left_does_not_cut_its_page() -> None:
+    """A workload gone from the data whose shape is still held somewhere (an older
+    batch in the queue) leaves its page: the page still goes out whole, one part."""
+    encoder = Encoder()
+    shapes = [shape(pid) for pid in range(1, 41)]
+    encoder.encode(snapshot(shapes, 1))
+    held = shapes[::4]  # still referenced, as by a batch waiting in the queue
+    for tick in range(2, 6):
+        shapes = [s for s in shapes if s not in held] + [shape(100 * tick + i) for i in range(3)]
+        parts = encoder.encode(snapshot(shapes, tick))
+        assert len(parts) == 1 and parts[0].points == 2 * len(shapes)
+        assert sorted(decode(parts)) == sorted(int(s.key[1]) for s in shapes)
+        held = shapes[:2]
+    assert encoder.cached_blocks == len(shapes)
 
 
 def test_ended_workloads_leave_and_memory_stays_bounded_under_churn() -> None:

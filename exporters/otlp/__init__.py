@@ -53,18 +53,23 @@ class _OtlpExporter(Exporter):
 
     def __init__(self, name: str, temporality: str, max_request_bytes: int | None) -> None:
         self.name = name
-        self.encoder = Encoder(temporality)
+        self.temporality = temporality
+        #: one encoder a pipeline: each pipeline's snapshot has its own resources
+        self.encoders: dict[str, Encoder] = {}
         self._partial_logged = False
         #: the largest request the backend is known to take (None: no limit known). A
         #: refusal for size lowers it, so later ticks are cut before they are sent.
         self.max_request_bytes = max_request_bytes
 
     def export(self, data: Snapshot, pipeline: str, timeout: float | None = None) -> None:
-        parts = self.encoder.encode(data)
+        encoder = self.encoders.get(pipeline)
+        if encoder is None:
+            encoder = self.encoders[pipeline] = Encoder(self.temporality)
+        parts = encoder.encode(data)
         if not parts:
             return
         limit = self.settings.timeout if timeout is None else min(timeout, self.settings.timeout)
-        for chunk in self._chunks(parts):
+        for chunk in self._chunks(encoder, parts):
             body = b"".join(p.data for p in chunk)
             try:
                 response = self._send(body, limit)
@@ -72,11 +77,11 @@ class _OtlpExporter(Exporter):
                 if err.too_large and sum(len(p.blocks) for p in chunk) > 1:
                     self.max_request_bytes = max(1, len(body) // 2)
                 raise
-            self.encoder.delivered(chunk)
+            encoder.delivered(chunk)
             self._partial(response)
-        self.encoder.forget_unseen(data)
+        encoder.forget_unseen(data)
 
-    def _chunks(self, parts: list[Part]) -> list[list[Part]]:
+    def _chunks(self, encoder: Encoder, parts: list[Part]) -> list[list[Part]]:
         """The parts cut into requests under the known size limit, resources kept whole."""
         cap = self.max_request_bytes
         if cap is None:
@@ -85,7 +90,7 @@ class _OtlpExporter(Exporter):
         size = 0
         for whole in parts:
             # A part holds several resources; one over the limit is cut into resources.
-            pieces = self.encoder.split(whole) if len(whole.data) > cap else [whole]
+            pieces = encoder.split(whole) if len(whole.data) > cap else [whole]
             for part in pieces:
                 if chunks[-1] and size + len(part.data) > cap:
                     chunks.append([])

@@ -12,9 +12,11 @@ block costs about twice the memory of the same blocks on one arena (measured: 10
 against 5 KiB a process block). A page whose blocks are all in the snapshot is
 serialized whole; Protocol Buffers define the concatenation of two serialized
 messages as their merge, and ``resource_metrics`` is a repeated field, so joining
-pages' serializations gives the request with every page's blocks. A block not to
-be sent with the rest of its page (an ended workload already delivered elsewhere,
-half of a batch split for size) is copied into a request of its own.
+pages' serializations gives the request with every page's blocks. A block not in
+the snapshot being encoded (a workload that left, an ended one already delivered,
+the other half of a batch split for size) is removed from its page, so that pages
+always go out whole. A page too large for a backend's limit is cut by copying each
+block into a request of its own.
 
 A cached block is found by the shape's identity and lives as long as the shape (a
 weak reference): a workload whose labels change gets a new shape from the
@@ -178,12 +180,15 @@ class Encoder:
                     point.as_double = value
         parts = []
         for page in touched:
-            if page.present == len(page.blocks):
-                points = sum(len(b.points) for b in page.blocks)
-                data = page.request.SerializeToString()
-                parts.append(Part(data, list(page.blocks), points, ended.get(id(page), [])))
-            else:
-                parts.extend(self._alone(b) for b in page.blocks if b.mark == mark)
+            if page.present != len(page.blocks):
+                # Blocks not in this snapshot: their workload left (its shape is collected
+                # a tick later), or this is half of a batch split for size. Removed now,
+                # so that the page goes out whole; one that comes back is built again.
+                for absent in [b for b in page.blocks if b.mark != mark]:
+                    self._remove(absent)
+            points = sum(len(b.points) for b in page.blocks)
+            data = page.request.SerializeToString()
+            parts.append(Part(data, list(page.blocks), points, ended.get(id(page), [])))
         return parts
 
     def split(self, part: Part) -> list[Part]:
