@@ -97,6 +97,7 @@ class Service:
 
     def start(self) -> None:
         """Start every component; on failure stop those already started and raise."""
+        memory.tune()  # before the components' threads allocate
         try:
             for cid, r in self.receivers.items():
                 _start(f"receivers.{cid}", r.start)
