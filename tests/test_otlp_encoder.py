@@ -20,30 +20,52 @@ WATTS = MetricDesc("kepler.process.cpu.watts", "W", "gauge", "Power of the proce
 
 
 def shape(pid: int, *, terminated: bool = False, exe: str = "") -> Shape:
-    labels = Labels((("pid", str(pid)), ("comm", f"p{pid}"), ("exe", exe), ("zone", "package")))
+    """Two zones, the series of two metrics interleaved (as the converter makes them)."""
+    base = (("pid", str(pid)), ("comm", f"p{pid}"), ("exe", exe))
+    package = Labels((*base, ("zone", "package")))
+    dram = Labels((*base, ("zone", "dram")))
     return Shape(
         key=("process", str(pid)),
         resource=(("service.name", "otel-kepler"), ("process.pid", pid)),
-        series=[Series(JOULES, labels, 1_000), Series(WATTS, labels, 0)],
+        series=[
+            Series(JOULES, package, 1_000),
+            Series(WATTS, package, 0),
+            Series(JOULES, dram, 1_000),
+            Series(WATTS, dram, 0),
+        ],
         terminated=terminated,
     )
 
 
 def snapshot(shapes: list[Shape], tick: int) -> Snapshot:
-    blocks = [Block(s, [float(tick * 1000 + int(s.key[1])), 0.5]) for s in shapes]
+    """Package joules tick * 1000 + pid, dram a quarter joule more; 0.5 and 0.75 W."""
+    blocks = []
+    for s in shapes:
+        joules = float(tick * 1000 + int(s.key[1]))
+        blocks.append(Block(s, [joules, 0.5, joules + 0.25, 0.75]))
     return Snapshot(timestamp_ns=tick, blocks=blocks)
 
 
-def decode(parts: list[Part]) -> dict[int, tuple[float, int]]:
-    """pid -> (joules, time) of one request made of ``parts``; each resource once."""
+def decode(parts: list[Part], cumulative: bool = True) -> dict[int, tuple[float, int]]:
+    """pid -> (package joules, time) of one request made of ``parts``; each resource
+    once, and each point where its series put it (the other values as ``snapshot``
+    made them, when cumulative)."""
     request = ExportMetricsServiceRequest.FromString(b"".join(p.data for p in parts))
     out: dict[int, tuple[float, int]] = {}
     for rm in request.resource_metrics:
         pid = next(a.value.int_value for a in rm.resource.attributes if a.key == "process.pid")
         assert pid not in out, f"process {pid} twice in one request"
-        (joules,) = [m for m in rm.scope_metrics[0].metrics if m.name == JOULES.name]
-        point = joules.sum.data_points[0]
-        out[pid] = (point.as_double, point.time_unix_nano)
+        joules, watts = rm.scope_metrics[0].metrics
+        assert (joules.name, watts.name) == (JOULES.name, WATTS.name)
+        package, dram = joules.sum.data_points
+        zones = [
+            [a.value.string_value for a in p.attributes if a.key == "zone"] for p in (package, dram)
+        ]
+        assert zones == [["package"], ["dram"]]
+        if cumulative:
+            assert dram.as_double == package.as_double + 0.25
+            assert [p.as_double for p in watts.gauge.data_points] == [0.5, 0.75]
+        out[pid] = (package.as_double, package.time_unix_nano)
     return out
 
 
@@ -55,7 +77,7 @@ def test_every_block_once_with_its_values_across_pages() -> None:
         assert decode(parts) == {pid: (tick * 1000.0 + pid, tick) for pid in range(1, 201)}
     # 200 blocks on pages of PAGE_BLOCKS: one part a page
     assert len(parts) == math.ceil(200 / PAGE_BLOCKS)
-    assert sum(p.points for p in parts) == 400
+    assert sum(p.points for p in parts) == 800
 
 
 def test_a_page_split_into_blocks_is_the_same_bytes() -> None:
@@ -64,7 +86,7 @@ def test_a_page_split_into_blocks_is_the_same_bytes() -> None:
     parts = encoder.encode(snapshot([shape(pid) for pid in range(1, 11)], 1))
     assert len(parts) == 1
     pieces = encoder.split(parts[0])
-    assert len(pieces) == 10 and [p.points for p in pieces] == [2] * 10
+    assert len(pieces) == 10 and [p.points for p in pieces] == [4] * 10
     assert b"".join(p.data for p in pieces) == parts[0].data
 
 
@@ -93,7 +115,7 @@ def test_a_workload_that_left_does_not_cut_its_page() -> None:
     for tick in range(2, 6):
         shapes = [s for s in shapes if s not in held] + [shape(100 * tick + i) for i in range(3)]
         parts = encoder.encode(snapshot(shapes, tick))
-        assert len(parts) == 1 and parts[0].points == 2 * len(shapes)
+        assert len(parts) == 1 and parts[0].points == 4 * len(shapes)
         assert sorted(decode(parts)) == sorted(int(s.key[1]) for s in shapes)
         held = shapes[:2]
     assert encoder.cached_blocks == len(shapes)
@@ -153,7 +175,8 @@ def test_delta_sends_differences_and_forgets_ended_workloads() -> None:
     encoder.delivered(first)
     second = encoder.encode(snapshot(shapes, 2))
     # cumulative 2000+pid after 1000+pid: a delta of 1000 for each
-    assert {pid: v for pid, (v, _) in decode(second).items()} == dict.fromkeys(range(1, 71), 1000.0)
+    deltas = {pid: v for pid, (v, _) in decode(second, cumulative=False).items()}
+    assert deltas == dict.fromkeys(range(1, 71), 1000.0)
     encoder.delivered(second)
     ended = shape(5, terminated=True)
     parts = encoder.encode(snapshot([*shapes[:4], ended, *shapes[5:]], 3))

@@ -223,17 +223,46 @@ class Encoder:
     # -- pages --------------------------------------------------------------------------
 
     def _add(self, shape: Shape) -> _Block:
+        page = self._page_with_room()
+        message = page.request.resource_metrics.add()
+        points, sums = self._build(message, shape)
+        return self._register(_Block(page, message, points, sums), shape)
+
+    def _move(self, old: _Block, shape: Shape) -> None:
+        """Copy a block to the page being filled (protobuf's copy: a quarter of the time
+        of building it again) and find its points in the copy."""
+        page = self._page_with_room()
+        message = page.request.resource_metrics.add()
+        message.CopyFrom(old.message)
+        metrics = message.scope_metrics[0].metrics
+        index: dict[str, int] = {}  # metric name -> its position, in order of first series
+        taken: list[int] = []  # points of each metric found so far
+        points = []
+        for series in shape.series:
+            desc = series.desc
+            at = index.get(desc.name)
+            if at is None:
+                at = index[desc.name] = len(taken)
+                taken.append(0)
+            metric = metrics[at]
+            data = metric.sum if desc.kind == "sum" else metric.gauge
+            points.append(data.data_points[taken[at]])
+            taken[at] += 1
+        self._register(_Block(page, message, points, old.sums), shape)
+
+    def _page_with_room(self) -> _Page:
         page = self._filling
         if page is None or len(page.blocks) >= PAGE_BLOCKS:
             page = self._filling = _Page()
             self._pages.append(page)
-        message = page.request.resource_metrics.add()
-        points, sums = self._build(message, shape)
-        block = _Block(page, message, points, sums)
+        return page
+
+    def _register(self, block: _Block, shape: Shape) -> _Block:
         gone = self._gone
         block.shape = weakref.ref(shape, lambda _ref: gone.append(block))
         block.key = id(shape)
-        page.blocks.append(block)
+        assert block.page is not None
+        block.page.blocks.append(block)
         self._cache[block.key] = block
         return block
 
@@ -270,10 +299,10 @@ class Encoder:
                 shape = None if block.shape is None else block.shape()
                 if self._cache.get(block.key) is block:
                     del self._cache[block.key]
+                if shape is not None:
+                    self._move(block, shape)  # values are set by the next encode
                 block.page = block.message = block.shape = None
                 block.points = []
-                if shape is not None:
-                    self._add(shape)  # replaces the cache entry; values are set by encode
 
     def _alone(self, block: _Block) -> Part:
         """One block in a request of its own (a copy of its message)."""
