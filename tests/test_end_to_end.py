@@ -351,8 +351,17 @@ service:
     assert labels["source"] == "rapl"
     assert labels["node_name"] == "e2e-node"
     assert labels["service_name"] == "otel-kepler"
-    _, watts = vm_value('kepler_node_cpu_watts{zone="package",source="rapl"}')
-    assert watts == pytest.approx(PACKAGE_WATTS, rel=0.1)
+    # Each tick's watts are its interval's joules over its own elapsed time; on a busy node
+    # the fixture's counters lag by up to max_gap at either end of a ~1 s interval, so one
+    # tick may be off by more than 10% (45 W seen for 40): the ticks' median is not.
+    victoria_metrics.before_query()
+    data = victoria_metrics.api(
+        "query", {"query": 'kepler_node_cpu_watts{zone="package",source="rapl"}[10m]'}
+    )
+    (series,) = data["result"]
+    watts = sorted(float(v) for _, v in series["values"])
+    assert len(watts) >= 4, watts
+    assert watts[len(watts) // 2] == pytest.approx(PACKAGE_WATTS, rel=0.1), watts
     _, active = vm_value('kepler_node_cpu_active_joules_total{zone="package"}')
     _, idle = vm_value('kepler_node_cpu_idle_joules_total{zone="package"}')
     assert active + idle == pytest.approx(total, rel=1e-9)
