@@ -125,6 +125,8 @@ def label_string(labels: Labels) -> str:
 
 def _value(value: float) -> str:
     """A sample value as Prometheus writes it (Go's float formatting, +Inf, NaN)."""
+    if type(value) is float and -1e6 < value < 1e6:  # NaN fails both tests
+        return repr(value)  # Go's formatting for finite floats below 1e6, without a detour
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
 
@@ -166,11 +168,7 @@ def render(snapshots: list[Snapshot]) -> bytes:
                 prefix = series.prometheus
                 if prefix is None:
                     prefix = series.prometheus = f"{family.name}{label_string(series.labels)} "
-                # repr is Go's formatting for finite floats below 1e6 (NaN fails both tests)
-                if type(value) is float and -1e6 < value < 1e6:
-                    family.lines.append(prefix + repr(value) + "\n")
-                else:
-                    family.lines.append(prefix + _value(value) + "\n")
+                family.lines.append(prefix + _value(value) + "\n")
     out: list[str] = []
     seen: set[tuple[str, str]] = set()
     for family in families.values():
