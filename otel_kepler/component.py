@@ -78,6 +78,18 @@ class Receiver(ABC):
         """Release what start() took."""
 
 
+def doctor_by_starting(receiver: Receiver, describe: Callable[[], str]) -> Availability:
+    """A doctor that starts ``receiver`` with its defaults: available with ``describe()``
+    (asked once the receiver is shut down again), or not, with the start's error."""
+    try:
+        receiver.start()
+    except ComponentError as err:
+        return Availability(False, str(err))
+    finally:
+        receiver.shutdown()
+    return Availability(True, describe())
+
+
 class Processor(ABC):
     """Transforms a pipeline's batch in place; may keep state between ticks."""
 

@@ -49,7 +49,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
+from otel_kepler.component import (
+    Availability,
+    ComponentError,
+    Factory,
+    HostSettings,
+    Receiver,
+    doctor_by_starting,
+)
 from otel_kepler.data import Contribution, EnergyReading
 from otel_kepler.schema import ConfigError
 
@@ -390,13 +397,7 @@ def _read_str(directory: str, name: str) -> str | None:
 def doctor(host: HostSettings) -> Availability:
     """Available with the meters and batteries found, or exactly what is missing."""
     receiver = AcpiReceiver("acpi", AcpiConfig(), host)
-    try:
-        receiver.start()
-    except ComponentError as err:
-        return Availability(False, str(err))
-    finally:
-        receiver.shutdown()
-    return Availability(True, receiver.describe())
+    return doctor_by_starting(receiver, receiver.describe)
 
 
 def _create(name: str, config: AcpiConfig, host: HostSettings) -> AcpiReceiver:

@@ -89,7 +89,14 @@ from typing import Literal
 
 from otel_kepler import metadata as md
 from otel_kepler import metrics as m
-from otel_kepler.component import Availability, ComponentError, Factory, HostSettings, Receiver
+from otel_kepler.component import (
+    Availability,
+    ComponentError,
+    Factory,
+    HostSettings,
+    Receiver,
+    doctor_by_starting,
+)
 from otel_kepler.data import Component, Contribution, EnergyReading, GaugeValue
 from otel_kepler.schema import ConfigError
 
@@ -505,13 +512,7 @@ class HwmonReceiver(Receiver):
 def doctor(host: HostSettings) -> Availability:
     """Available with what was found per chip, or exactly what is missing."""
     receiver = HwmonReceiver("hwmon", HwmonConfig(), host)
-    try:
-        receiver.start()
-    except ComponentError as err:
-        return Availability(False, str(err))
-    finally:
-        receiver.shutdown()
-    return Availability(True, receiver.describe())
+    return doctor_by_starting(receiver, receiver.describe)
 
 
 def _create(name: str, config: HwmonConfig, host: HostSettings) -> HwmonReceiver:
