@@ -5,7 +5,8 @@
 
 BENCH_QUICK=1 shortens it (20 s windows, 1,000 processes only, a 2-minute soak).
 
-CPU. For each size N, N real sleeping processes are spawned (bench/spawn.py). The agent
+CPU. For each size N, N real sleeping processes are spawned (bench/spawn.py) and, as
+root, spread over ``--containers`` (50) cgroups named like docker containers. The agent
 is started as ``otel-kepler run --config <generated yaml>``: receivers ``estimator`` and
 ``procfs`` (or ``ebpf``, with no fallback), ``attribution`` with the levels under test,
 ``otlphttp`` to a local sink (gzip, as by default) and the ``prometheus`` pull endpoint,
@@ -61,7 +62,7 @@ from agent_peers import (
     start_child,
     stop_child,
 )
-from spawn import SleepingProcesses
+from spawn import InContainers, SleepingProcesses
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = Path(sys.executable).parent / "otel-kepler"
@@ -323,9 +324,12 @@ def cpu_runs(args: argparse.Namespace, work: Path) -> None:
         print("prometheus-node-exporter not found: `make bench-deps` unpacks it", flush=True)
     runs: list[Run] = []
     for n in args.sizes:
-        with SleepingProcesses(n):
+        with SleepingProcesses(n) as pids, InContainers(pids, args.containers) as spread:
             time.sleep(2)
-            print(f"# {n:,} spawned, {process_count():,} in /proc", flush=True)
+            print(
+                f"# {n:,} spawned in {spread.count} containers, {process_count():,} in /proc",
+                flush=True,
+            )
             plans = [(mode, PROCESS_LEVELS) for mode in args.modes]
             if n == 1000:
                 plans += [(mode, DEFAULT_LEVELS) for mode in args.modes]
@@ -482,6 +486,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000" if quick else "100,1000,3000")
     parser.add_argument("--modes", default="procfs,ebpf")
+    parser.add_argument(
+        "--containers",
+        type=int,
+        default=50,
+        help="cgroups named like docker containers the processes are spread over (root)",
+    )
     parser.add_argument("--window", type=float, default=20.0 if quick else 60.0)
     parser.add_argument("--warmup", type=float, default=5.0 if quick else 10.0)
     parser.add_argument("--soak-minutes", type=float, default=2.0 if quick else 10.0)

@@ -97,6 +97,63 @@ class SleepingProcesses:
             helper.stdout.close()
 
 
+class InContainers:
+    """Move ``pids`` into ``count`` cgroups named like docker containers (as root), as
+    the processes of a node are spread over its containers; moved back and removed on
+    exit. The v1 cpuacct hierarchy where there is one (it accounts CPU time there), else
+    the v2 one. Without root or a hierarchy it does nothing (``self.count`` is 0)."""
+
+    def __init__(self, pids: list[int], count: int) -> None:
+        self.pids = pids
+        self.count = count if os.geteuid() == 0 else 0
+        self.mount = _cpu_mount() if self.count else None
+        if self.mount is None:
+            self.count = 0
+        self.top = (self.mount or "") + f"/otel-kepler-bench-{os.getpid()}"
+
+    def __enter__(self) -> InContainers:
+        if not self.count:
+            return self
+        os.mkdir(self.top)
+        os.mkdir(self.top + "/docker")
+        for index in range(self.count):
+            os.mkdir(f"{self.top}/docker/{index:064x}")
+        for index, pid in enumerate(self.pids):
+            _move(pid, f"{self.top}/docker/{index % self.count:064x}")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if not self.count:
+            return
+        for pid in self.pids:
+            _move(pid, self.mount or "")
+        for index in range(self.count):
+            os.rmdir(f"{self.top}/docker/{index:064x}")
+        os.rmdir(self.top + "/docker")
+        os.rmdir(self.top)
+
+
+def _move(pid: int, cgroup: str) -> None:
+    try:
+        with open(cgroup + "/cgroup.procs", "w") as procs:
+            procs.write(str(pid))
+    except ProcessLookupError:
+        pass
+
+
+def _cpu_mount() -> str | None:
+    v2 = None
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            left, right = line.split(" - ", 1)
+            kind, _, options = right.split()
+            if kind == "cgroup" and "cpuacct" in options.split(","):
+                return left.split()[4]
+            if kind == "cgroup2":
+                v2 = left.split()[4]
+    return v2
+
+
 if __name__ == "__main__":
     import time
 

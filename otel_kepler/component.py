@@ -67,6 +67,11 @@ class ExportError(Exception):
 class Receiver(ABC):
     """Reads one source once per tick."""
 
+    def use_processes(self, needed: bool) -> None:  # noqa: B027 - optional hook
+        """Told before start: whether a processor of this receiver's pipelines uses each
+        process's sample (``Processor.uses_processes``), or only their sums by container.
+        A usage receiver may then read less."""
+
     def start(self) -> None:  # noqa: B027 - optional hook
         """Open files, devices or connections. Raise ComponentError with the fix."""
 
@@ -92,6 +97,10 @@ def doctor_by_starting(receiver: Receiver, describe: Callable[[], str]) -> Avail
 
 class Processor(ABC):
     """Transforms a pipeline's batch in place; may keep state between ticks."""
+
+    #: whether it reads each process's own sample (pid, comm, its CPU time), not only
+    #: what the samples add up to per container and pod; unknown processors do
+    uses_processes: bool = True
 
     def start(self) -> None:  # noqa: B027 - optional hook
         pass

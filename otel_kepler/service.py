@@ -84,6 +84,15 @@ class Service:
                 procfs=self.host.procfs,
                 semconv=bool(getattr(service, "semconv", False)),
             )
+        for cid, receiver in self.receivers.items():
+            receiver.use_processes(
+                any(
+                    processor.uses_processes
+                    for pipeline in self.pipelines
+                    if cid in pipeline.receivers
+                    for _, processor in pipeline.processors
+                )
+            )
         self.receiver_errors: dict[str, int] = {cid: 0 for cid in self.receivers}
         self.rejected_readings: dict[tuple[str, str], int] = {}
         self._errors_seen: set[tuple[str, str]] = set()

@@ -54,6 +54,8 @@ from otel_kepler.processors.gpu import GpuSplitter
 from otel_kepler.processors.vm import VirtualMachine, VmDetector
 from otel_kepler.receivers.power_models.calibration import ModelReading
 from otel_kepler.receivers.power_models.idle import IdleMode, IdlePower, default_state_dir
+from otel_kepler.receivers.procfs.cgroup import parse_cgroup
+from otel_kepler.receivers.procfs.reader import read_small
 from otel_kepler.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -207,6 +209,8 @@ class AttributionProcessor(Processor):
         self.activity = ActivityAccounting(config.other_split)  # I/O activity hook
         detect = "vm" in self.levels or "process" in self.levels
         self._detector = VmDetector(procfs) if detect else None
+        self.uses_processes = detect  # else only sums by container and pod are emitted
+        self.procfs = procfs
 
     def start(self) -> None:
         self.idle.load()
@@ -425,13 +429,16 @@ class AttributionProcessor(Processor):
         for pid, gpu_joules in shares.items():
             state = self._processes.get(pid)
             if state is None:  # not seen by the usage receivers (another pid namespace?)
-                sample = ProcessSample(pid, 0, "", "", NO_WORKLOAD, 0.0, 0.0)
+                workload = NO_WORKLOAD if self.uses_processes else self._workload_of(pid)
+                sample = ProcessSample(pid, 0, "", "", workload, 0.0, 0.0)
                 state = _ProcessState(0, self._new_process(sample, now_ns), self._tick)
                 self._processes[pid] = state
             if pid not in batch.processes and "process" in self.levels:
                 batch.workloads.append(state.energy)  # the usage loop did not list it
             state.seen = self._tick
             energy = state.energy
+            if not self.uses_processes:  # names as the container's samples have them now
+                energy.workload = self._named(energy.workload)
             workload = energy.workload
             for uuid, joules in gpu_joules:
                 energy.gpu_joules[uuid] = energy.gpu_joules.get(uuid, 0.0) + joules
@@ -443,6 +450,23 @@ class AttributionProcessor(Processor):
                             target.gpu_watts[uuid] = (
                                 target.gpu_watts.get(uuid, 0.0) + joules * inv_interval
                             )
+
+    def _workload_of(self, pid: int) -> Workload:
+        """The workload of a GPU process from its cgroup: the usage receiver scans
+        containers, not processes, when no level needs each process."""
+        text = read_small(f"{self.procfs}/{pid}/cgroup")
+        return parse_cgroup(text.decode("utf-8", "replace")) if text else NO_WORKLOAD
+
+    def _named(self, w: Workload) -> Workload:
+        """``w`` as the container's (or pod's) usage samples name it this tick: a GPU
+        process's workload read from its cgroup lacks the names k8sattributes adds."""
+        if w.container_id:
+            entry = self._containers.get(w.container_id)
+        elif w.pod_id:
+            entry = self._pods.get(w.pod_id)
+        else:
+            return w
+        return entry.workload if entry is not None else w
 
     def _sweep_unseen(self, terminated: list[WorkloadEnergy]) -> None:
         """Processes a usage receiver stopped reporting without an exit record have ended."""

@@ -45,6 +45,8 @@ class InForce:
 
 
 class CarbonProcessor(Processor):
+    uses_processes = False  # works on what attribution made of the samples
+
     def __init__(self, config: CarbonConfig, chain: ProviderChain) -> None:
         self.chain = chain
         self.pue = config.pue

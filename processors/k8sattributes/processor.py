@@ -48,6 +48,10 @@ class K8sAttributesProcessor(Processor):
         self.config = config
         self.node_name = node_name
         self.name = name
+        # a sidecar gives every process it sees to its pod, so it needs to see processes
+        # (a container scan's rest of the node is not the pod's); else it names the
+        # workload of each sample, whatever the sample sums
+        self.uses_processes = config.source == "downward_api"
         wanted = set(config.extract.metadata)
         self._pod_name = "k8s.pod.name" in wanted
         self._namespace = "k8s.namespace.name" in wanted

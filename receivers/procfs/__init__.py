@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from otel_kepler.component import (
     Availability,
@@ -16,10 +18,15 @@ from otel_kepler.component import (
 from otel_kepler.data import Contribution, ProcessSample
 
 from .activity import ActivityConfig, ActivityReader, activity_doctor
+from .containers import ContainerReader, ContainerScanError
 from .reader import ProcessReader, raise_fd_limit, read_exe, read_small
 from .stat import StatError, UsageRatio, read_cpu_times, start_error
 
 __all__ = ["ActivityConfig", "ProcfsConfig", "ProcfsReceiver", "doctor", "factory"]
+
+log = logging.getLogger(__name__)
+
+Scan = Literal["auto", "processes", "containers"]
 
 
 @dataclass
@@ -30,6 +37,16 @@ class ProcfsConfig:
     leaving them out would hand their share of active energy to user processes.
     """
 
+    scan: Scan = field(
+        default="auto",
+        metadata={
+            "doc": "processes: read every process's stat file each tick; containers: "
+            "read each container's CPU time from its cgroup instead (one file a container, "
+            "not one a process), which serves the node, container and pod levels but not "
+            "process or vm; auto: containers when no processor of this receiver's "
+            "pipelines needs each process and the host's cgroups can be read, else processes"
+        },
+    )
     keep_open: bool = field(
         default=True,
         metadata={
@@ -60,30 +77,77 @@ class ProcfsReceiver(Receiver):
         keep_open: bool = True,
         activity: ActivityConfig | None = None,
         sysfs: str = "/sys",
+        scan: Scan = "auto",
     ) -> None:
         self.procfs = procfs
+        self.scan = scan
         self._reader = ProcessReader(procfs, keep_open)
-        self.activity = ActivityReader(procfs, activity, sysfs)
+        self._activity_config = activity or ActivityConfig()
+        self.activity = ActivityReader(procfs, self._activity_config, sysfs)
+        self._sysfs = sysfs
         self._ratio = UsageRatio(procfs)
         self._previous: dict[int, ProcessSample] | None = None
+        self._processes_needed = True
+        #: reads container cgroups instead of processes (chosen at start)
+        self.containers: ContainerReader | None = None
+
+    def use_processes(self, needed: bool) -> None:
+        self._processes_needed = needed
 
     def start(self) -> None:
         try:
             read_cpu_times(self._ratio.path)
         except StatError as err:
             raise ComponentError(start_error(err)) from None
-        if self._reader.files.keep_open:
+        self.containers = self._container_reader()
+        if self.containers is not None:
+            # per-process io is of no use without processes; the containers' cgroups
+            # and pods' namespaces are read through one process of each container
+            config = dataclasses.replace(self._activity_config, process_io=False)
+            self.activity = ActivityReader(self.procfs, config, self._sysfs)
+        elif self._reader.files.keep_open:
             raise_fd_limit()
+
+    def _container_reader(self) -> ContainerReader | None:
+        """The container cgroup reader, where the config and the host allow it."""
+        if self.scan == "processes" or (self.scan == "auto" and self._processes_needed):
+            return None
+        if self._processes_needed:
+            raise ComponentError(
+                "scan: containers reads no process, and a processor of this receiver's "
+                "pipelines needs each one (attribution with level process or vm, "
+                "k8sattributes with source downward_api): use scan: auto or processes"
+            )
+        reader = ContainerReader(self.procfs, self._sysfs)
+        why = reader.unusable()
+        if why is None:
+            return reader
+        if self.scan == "containers":
+            raise ComponentError(f"scan: containers: {why}")
+        log.info("reading each process: %s", why)
+        return None
 
     def collect(self) -> Contribution:
         previous = self._previous
-        processes = self._reader.scan(previous)
-        self._previous = processes
-        container_io, pod_io = self.activity.read(processes, previous is None)
         try:
             ratio = self._ratio.update()
         except StatError as err:
             raise ComponentError(str(err)) from None
+        if self.containers is not None:
+            try:
+                processes = self.containers.scan(previous, self._ratio.task_seconds)
+                members = self.containers.members
+            except ContainerScanError as err:
+                log.warning("%s: reading each process from now on", err)
+                self.containers.close()
+                self.containers = None
+                previous = None  # the process scan starts afresh: this tick primes it
+                if self._reader.files.keep_open:
+                    raise_fd_limit()
+        if self.containers is None:
+            processes = members = self._reader.scan(previous)
+        self._previous = processes
+        container_io, pod_io = self.activity.read(members, previous is None)
         return Contribution(
             processes=processes,
             exited=_exited(previous, processes),
@@ -95,6 +159,8 @@ class ProcfsReceiver(Receiver):
 
     def shutdown(self) -> None:
         self._reader.close()
+        if self.containers is not None:
+            self.containers.close()
 
 
 def _exited(
@@ -205,7 +271,7 @@ def _has_capability(procfs: str, bit: int) -> bool:
 
 
 def _create(name: str, config: ProcfsConfig, host: HostSettings) -> ProcfsReceiver:
-    return ProcfsReceiver(host.procfs, config.keep_open, config.activity, host.sysfs)
+    return ProcfsReceiver(host.procfs, config.keep_open, config.activity, host.sysfs, config.scan)
 
 
 factory: Factory[ProcfsConfig, ProcfsReceiver] = Factory(

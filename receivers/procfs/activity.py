@@ -79,12 +79,13 @@ class ActivityConfig:
 
 
 def cgroup_mounts(
-    mountinfo: str = "/proc/self/mountinfo", prefer: str = ""
+    mountinfo: str = "/proc/self/mountinfo", prefer: str = "", v1: str = "blkio"
 ) -> tuple[str | None, str | None]:
-    """(cgroup2 mount, cgroup v1 blkio mount) as this process sees them; those under
-    ``prefer`` (host.sysfs) first: in a container, /sys/fs/cgroup is its own subtree."""
+    """(cgroup2 mount, mount of the v1 hierarchy holding controller ``v1``) as this
+    process sees them; those under ``prefer`` (host.sysfs) first: in a container,
+    /sys/fs/cgroup is its own subtree."""
     v2: str | None = None
-    blkio: str | None = None
+    found: str | None = None
     under = prefer.rstrip("/") + "/" if prefer else None
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as file:
@@ -97,12 +98,12 @@ def cgroup_mounts(
                 preferred = under is not None and mount.startswith(under)
                 if parts[0] == "cgroup2" and (v2 is None or preferred):
                     v2 = mount
-                elif parts[0] == "cgroup" and "blkio" in parts[2].split(","):
-                    if blkio is None or preferred:
-                        blkio = mount
+                elif parts[0] == "cgroup" and v1 in parts[2].split(","):
+                    if found is None or preferred:
+                        found = mount
     except OSError:
         pass
-    return v2, blkio
+    return v2, found
 
 
 def parse_io_stat(data: bytes) -> tuple[int, int]:

@@ -114,29 +114,40 @@ def _runtime(prefix: str | None, parent: str) -> str:
 
 
 def _parse(text: str) -> Workload:
-    for path in _candidate_paths(text):
+    for _, path in _candidate_lines(text):
         workload = parse_path(path)
         if workload is not NO_WORKLOAD:
             return workload
     return NO_WORKLOAD
 
 
-def _candidate_paths(text: str) -> list[str]:
+def workload_cgroup(text: str) -> tuple[str, str, Workload]:
+    """(controllers, path, workload) of the line of a /proc/PID/cgroup content that
+    :func:`parse_cgroup` takes the workload from; ``("", "", NO_WORKLOAD)`` for a host
+    process. ``controllers`` is ``""`` for the v2 line."""
+    for controllers, path in _candidate_lines(text):
+        workload = parse_path(path)
+        if workload is not NO_WORKLOAD:
+            return controllers, path, _intern(workload)
+    return "", "", NO_WORKLOAD
+
+
+def _candidate_lines(text: str) -> list[tuple[str, str]]:
     """The cgroup paths of ``text``, most telling first.
 
     The v2 line (``0::``) first, then the v1 line holding the cpu or cpuacct
     controller (the one CPU time is accounted in), then systemd's named hierarchy,
     then the other v1 hierarchies in file order.
     """
-    ranked: list[tuple[int, int, str]] = []
+    ranked: list[tuple[int, int, str, str]] = []
     for index, line in enumerate(text.splitlines()):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         _, controllers, path = parts
-        ranked.append((_rank(controllers), index, path))
+        ranked.append((_rank(controllers), index, controllers, path))
     ranked.sort()
-    return [path for _, _, path in ranked]
+    return [(controllers, path) for _, _, controllers, path in ranked]
 
 
 def _rank(controllers: str) -> int:

@@ -43,6 +43,15 @@ def _descriptors_detail() -> str:
 
 def read_cpu_times(path: str) -> tuple[int, int]:
     """Return (busy, total) jiffies of the aggregate ``cpu`` line of ``path``."""
+    values = read_cpu_line(path)
+    total = sum(values)
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return total - idle, total
+
+
+def read_cpu_line(path: str) -> list[int]:
+    """The first eight fields of the aggregate ``cpu`` line of ``path`` (user, nice,
+    system, idle, iowait, irq, softirq, steal), in clock ticks."""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -63,12 +72,9 @@ def read_cpu_times(path: str) -> tuple[int, int]:
     if len(fields) < 5 or fields[0] != b"cpu":
         raise StatError(f"{path}: first line is not the aggregate 'cpu' line: {line[:80]!r}")
     try:
-        values = [int(v) for v in fields[1:9]]
+        return [int(v) for v in fields[1:9]]
     except ValueError:
         raise StatError(f"{path}: non-numeric field in {line[:80]!r}") from None
-    total = sum(values)
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return total - idle, total
 
 
 class UsageRatio:
@@ -76,20 +82,27 @@ class UsageRatio:
 
     def __init__(self, procfs: str) -> None:
         self.path = os.path.join(procfs, "stat")
-        self._prev: tuple[int, int] | None = None
+        self._prev: tuple[int, int, int] | None = None
         self._tick = os.sysconf("SC_CLK_TCK")
         #: busy CPU seconds of the whole node in the last interval (None before two reads)
         self.busy_seconds: float | None = None
+        #: CPU seconds the node's tasks ran in the last interval (user, nice and system:
+        #: what the processes' utime and stime add up to, without interrupts and steal)
+        self.task_seconds: float | None = None
 
     def update(self) -> float | None:
         """The busy ratio since the previous call, in [0, 1]; None on the first call."""
-        busy, total = read_cpu_times(self.path)
-        prev, self._prev = self._prev, (busy, total)
+        values = read_cpu_line(self.path)
+        total = sum(values)
+        busy = total - values[3] - (values[4] if len(values) > 4 else 0)
+        tasks = values[0] + values[1] + values[2]
+        prev, self._prev = self._prev, (busy, total, tasks)
         if prev is None:
             return None
         d_total = total - prev[1]
         d_busy = busy - prev[0]
         self.busy_seconds = max(d_busy, 0) / self._tick
+        self.task_seconds = max(tasks - prev[2], 0) / self._tick
         if d_total <= 0:
             return 0.0
         return min(max(d_busy / d_total, 0.0), 1.0)
