@@ -317,7 +317,7 @@ def test_container_energy_is_the_same_from_either_scan(containers: Containers) -
     # the node's task time (the container scan's rest), and no process scan sees them
     ratio = {name: share[name][ID_V1] / share[name][ID_V2] for name in scans}
     assert ratio["containers"] == pytest.approx(ratio["processes"], rel=0.15)
-    assert 1.5 < ratio["containers"] < 2.5
+    assert ratio["containers"] > 1.3  # a busy loop beside a half-busy one
     for cid in (ID_V1, ID_V2):
         assert 0.05 < share["containers"][cid] < share["processes"][cid] * 1.1
 
