@@ -418,7 +418,7 @@ def profile(args: argparse.Namespace, work: Path) -> None:
     if not Path(spy).exists():
         raise SystemExit("py-spy not found: .venv/bin/pip install py-spy (it needs root)")
     seconds = int(args.window)
-    with SleepingProcesses(1000):
+    with SleepingProcesses(1000) as pids, InContainers(pids, args.containers):
         sink = OtlpSink()
         prom = free_port()
         levels = DEFAULT_LEVELS if args.levels == "default" else PROCESS_LEVELS

@@ -383,3 +383,30 @@ def test_an_agent_in_a_cgroup_namespace_of_its_own_finds_the_containers(
     assert seen["scan"] == "containers"
     assert float(seen[ID_V2]) == pytest.approx(used, abs=3 / HZ + 0.05)
     assert agent.wait(10) == 0
+
+
+def test_a_process_moved_into_a_container_is_found_the_next_tick_or_at_the_refresh(
+    containers: Containers, receiver: ProcfsReceiver
+) -> None:
+    """A runtime moves a container's first process into its cgroup after starting it; a
+    process moved later is found when every pid's cgroup is read again."""
+    assert receiver.containers is not None
+    receiver.containers.refresh_ticks = 4
+    top = containers.top("cgroup", "cpuacct")
+    (top / "docker" / ID_V1).mkdir(parents=True)
+    (top / "docker" / ID_V2).mkdir(parents=True)
+    early = spawn(BURN)
+    containers.children.append(early)
+    receiver.collect()  # tick 1: the first sight of it, outside any container
+    (top / "docker" / ID_V1 / "cgroup.procs").write_text(str(early.pid))
+    assert ID_V1 in by_container(receiver.collect().processes or {})  # tick 2
+    late = spawn(BURN)
+    containers.children.append(late)
+    receiver.collect()  # tick 3: first seen
+    receiver.collect()  # tick 4: seen again, still outside
+    (top / "docker" / ID_V2 / "cgroup.procs").write_text(str(late.pid))
+    assert ID_V2 not in by_container(receiver.collect().processes or {})  # tick 5
+    for _ in range(2):
+        receiver.collect()  # ticks 6 and 7
+    time.sleep(0.3)
+    assert ID_V2 in by_container(receiver.collect().processes or {})  # tick 8: refreshed

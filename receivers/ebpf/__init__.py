@@ -326,6 +326,8 @@ class EbpfReceiver(Receiver):
             log.info("%s: BPF program detached", self.name)
         if self.using_fallback and self._fallback is not None:
             self._fallback.shutdown()
+        if self.activity is not None:
+            self.activity.close()
 
 
 def cgroup_paths(mount: str) -> dict[int, str]:

@@ -104,6 +104,7 @@ class ProcfsReceiver(Receiver):
             # per-process io is of no use without processes; the containers' cgroups
             # and pods' namespaces are read through one process of each container
             config = dataclasses.replace(self._activity_config, process_io=False)
+            self.activity.close()
             self.activity = ActivityReader(self.procfs, config, self._sysfs)
         elif self._reader.files.keep_open:
             raise_fd_limit()
@@ -159,6 +160,7 @@ class ProcfsReceiver(Receiver):
 
     def shutdown(self) -> None:
         self._reader.close()
+        self.activity.close()
         if self.containers is not None:
             self.containers.close()
 

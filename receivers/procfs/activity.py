@@ -185,6 +185,7 @@ class ActivityReader:
         self._io: dict[int, tuple[int, int, int]] = {}  # pid -> start_ticks, read, write
         self._ticks = 0
         self._block_files: dict[str, tuple[str, str] | None] = {}  # container -> file
+        self._block_fds: dict[str, int] = {}  # container -> its file, open
         self._netns: dict[int, tuple[int, str]] = {}  # pid -> start_ticks, netns
         self._host_netns: str | None = None
 
@@ -255,17 +256,51 @@ class ActivityReader:
         return found
 
     def _block(self, members: dict[str, int], out: dict[str, IoCounters]) -> None:
+        fds = self._block_fds
+        for container in fds.keys() - members.keys():
+            os.close(fds.pop(container))
         for container, pid in members.items():
             where = self._block_file(container, pid)
             if where is None:
                 continue
-            data = read_small(where[0])
+            data = self._read_block(container, where[0])
             if not data and not os.path.exists(where[0]):
                 self._block_files.pop(container, None)  # the cgroup is gone: find it again
                 continue
             read, write = parse_io_stat(data) if where[1] == _V2 else parse_blkio(data)
             counters = out.setdefault(container, IoCounters())
             counters.read_bytes, counters.write_bytes = read, write
+
+    def _read_block(self, container: str, path: str) -> bytes:
+        """The block counters file of a container, kept open between ticks."""
+        fd = self._block_fds.get(container)
+        if fd is not None:
+            try:
+                data = os.pread(fd, 65536, 0)
+            except OSError:
+                data = b""
+            if data:
+                return data
+            os.close(self._block_fds.pop(container))  # removed: open it afresh, if there
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return b""
+        try:
+            data = os.pread(fd, 65536, 0)
+        except OSError:
+            data = b""
+        if data:
+            self._block_fds[container] = fd
+        else:
+            os.close(fd)
+        return data
+
+    def close(self) -> None:
+        """Close the block counters files kept open."""
+        for fd in self._block_fds.values():
+            os.close(fd)
+        self._block_fds = {}
 
     # -- per pod network namespace ------------------------------------------------
 

@@ -7,9 +7,10 @@ container replaces one stat file a process: on a node with thousands of processe
 in a hundred containers, a tick reads a hundred files.
 
 - Which cgroups to read is learned from the processes: the pids are listed every
-  tick, and a pid seen for the first time has its ``/proc/PID/cgroup`` read once (and
-  every pid again every ``refresh_ticks``: a process can move, and runtimes start a
-  container's first process outside the container's cgroup). The cgroup is the one
+  tick, and a pid seen for the first time has its ``/proc/PID/cgroup`` read, and once
+  more the tick after (runtimes start a container's first process outside the
+  container's cgroup and move it in), and every pid again every ``refresh_ticks`` (a
+  process can be moved later). The cgroup is the one
   the workload is named after (see :mod:`.cgroup`), read in the hierarchy that
   accounts CPU time: the v2 one, or v1 ``cpuacct``.
 - Each container's file is kept open and re-read with ``pread``; a removed cgroup
@@ -36,7 +37,7 @@ from .cgroup import workload_cgroup
 from .reader import read_small
 
 #: Every pid's cgroup is read again this often (in ticks).
-REFRESH_TICKS = 30
+REFRESH_TICKS = 120
 
 _V2_FILE, _V1_FILE = "cpu.stat", "cpuacct.usage"
 
@@ -69,7 +70,8 @@ class ContainerReader:
         self.procfs = procfs
         self.v2_mount, self.cpuacct_mount = cgroup_mounts(prefer=sysfs, v1="cpuacct")
         self.refresh_ticks = REFRESH_TICKS
-        self._where: dict[int, str] = {}  # pid -> directory of its container cgroup, or ""
+        self._where: dict[str, str] = {}  # pid -> directory of its container cgroup, or ""
+        self._confirm: set[str] = set()  # pids first seen in the last scan
         self._texts: dict[bytes, str] = {}  # /proc/PID/cgroup content -> directory
         self._kinds: dict[str, tuple[Workload, bool]] = {}  # directory -> workload, v2
         self._groups: dict[str, _Group] = {}  # directory -> group
@@ -185,27 +187,30 @@ class ContainerReader:
 
     def _live_directories(self) -> dict[str, int]:
         """Each container cgroup directory with live processes, and one of its pids."""
-        refresh = self._ticks % self.refresh_ticks == 0
-        if refresh:
+        if self._ticks % self.refresh_ticks == 0:
             self._texts = {}  # read every pid again; what is left over is forgotten
-        known = self._where
-        where: dict[int, str] = {}
-        live: dict[str, int] = {}
-        for name in os.listdir(self.procfs):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            directory = known.get(pid)
-            if directory is None or refresh:
-                directory = self._directory_of(name)
-                if directory is None:
-                    continue  # gone since it was listed
-            where[pid] = directory
-            if directory and directory not in live:
-                live[directory] = pid
-        self._where = where
-        if refresh:
+            self._where = {}
+        where = self._where  # set operations, not a loop: most pids are known
+        names = set(os.listdir(self.procfs))
+        for name in where.keys() - names:
+            del where[name]
+        for name in self._confirm & names:  # read again once, the tick after the first
+            directory = self._directory_of(name)
+            if directory is None:
+                del where[name]
+            else:
+                where[name] = directory
+        fresh = [name for name in names - where.keys() if name.isdigit()]
+        for name in fresh:
+            directory = self._directory_of(name)
+            if directory is not None:  # else gone since it was listed
+                where[name] = directory
+        self._confirm = set(fresh)
+        live = {directory: int(name) for name, directory in where.items()}
+        live.pop("", None)
+        if len(self._kinds) > 2 * len(live) + 64:  # forget cgroups long gone
             self._kinds = {d: kind for d, kind in self._kinds.items() if d in live}
+            self._texts = {}  # what a text leads to is found again, with its kind
         return live
 
     def _directory_of(self, name: str) -> str | None:
