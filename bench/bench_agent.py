@@ -333,6 +333,9 @@ def cpu_runs(args: argparse.Namespace, work: Path) -> None:
             plans = [(mode, PROCESS_LEVELS) for mode in args.modes]
             if n == 1000:
                 plans += [(mode, DEFAULT_LEVELS) for mode in args.modes]
+            if args.cpu_levels != "both":
+                want = DEFAULT_LEVELS if args.cpu_levels == "default" else PROCESS_LEVELS
+                plans = [(mode, levels) for mode, levels in plans if levels == want]
             for mode, levels in plans:
                 run = measure_agent(work, mode, levels, n, args.warmup, args.window)
                 # The peers right after the window, on the same processes (other users of
@@ -491,6 +494,9 @@ def main() -> None:
         type=int,
         default=50,
         help="cgroups named like docker containers the processes are spread over (root)",
+    )
+    parser.add_argument(
+        "--cpu-levels", choices=["process", "default", "both"], default="both", help="cpu only"
     )
     parser.add_argument("--window", type=float, default=20.0 if quick else 60.0)
     parser.add_argument("--warmup", type=float, default=5.0 if quick else 10.0)

@@ -35,6 +35,7 @@ from otel_kepler.receivers.ebpf.host import ProcHost
 from otel_kepler.receivers.ebpf.loader import Drained, KernelPaths
 from otel_kepler.receivers.ebpf.program import EXECED, EXITED
 from otel_kepler.receivers.ebpf.tracker import Identity, Tracker
+from otel_kepler.receivers.ebpf.workloads import WorkloadSums
 from otel_kepler.schema import ConfigError, decode
 from tests.cgroups import cgroup_mount, remove_cgroups
 from tests.children import spawn
@@ -1039,3 +1040,76 @@ def test_io_programs_can_be_turned_off() -> None:
     assert receiver.io_off is None  # nothing asked for, nothing missing
     assert tick.processes is not None
     assert all(s.net_rx_irq == 0 for s in tick.processes.values())
+
+
+# --------------------------------------------------------------------------- workload sums
+
+CTR_A = Workload("a1" * 32, "docker", "")
+CTR_B = Workload("b1" * 32, "docker", "")
+
+
+def sample(
+    pid: int, workload: Workload, total: float, delta: float, **counts: int
+) -> ProcessSample:
+    return ProcessSample(pid, 100, f"p{pid}", "", workload, total, delta, **counts)
+
+
+def test_workload_sums_add_up_processes_and_report_an_ended_workload_once() -> None:
+    sums = WorkloadSums()
+    live, gone = sums.collapse(
+        {
+            1: sample(1, CTR_A, 5.0, 0.5, cycles=10),
+            2: sample(2, CTR_A, 3.0, 0.25, cycles=5),
+            3: sample(3, NO_WORKLOAD, 9.0, 1.0),
+            4: sample(4, CTR_B, 2.0, 0.125, net_rx_irq=3),
+        },
+        [],
+    )
+    by = {s.workload: s for s in live.values()}
+    # first seen: its processes' whole CPU time so far; this interval's deltas summed
+    assert (by[CTR_A].cpu_seconds, by[CTR_A].cpu_delta, by[CTR_A].cycles) == (8.0, 0.75, 15)
+    assert (by[NO_WORKLOAD].pid, by[NO_WORKLOAD].cpu_seconds) == (0, 9.0)
+    assert by[CTR_B].net_rx_irq == 3 and by[CTR_A].pid < 0 and by[CTR_B].pid < 0
+    assert by[CTR_A].read_bytes == -1 and gone == []
+    pid_a, pid_b = by[CTR_A].pid, by[CTR_B].pid
+    # process 2 ended with its last interval, process 4 (B's last) too
+    live, gone = sums.collapse(
+        {1: sample(1, CTR_A, 5.5, 0.5), 3: sample(3, NO_WORKLOAD, 9.5, 0.5)},
+        [sample(2, CTR_A, 3.125, 0.125), sample(4, CTR_B, 2.0625, 0.0625)],
+    )
+    by = {s.workload: s for s in live.values()}
+    assert (by[CTR_A].pid, by[CTR_A].cpu_seconds, by[CTR_A].cpu_delta) == (pid_a, 8.625, 0.625)
+    assert [(s.pid, s.cpu_seconds, s.cpu_delta) for s in gone] == [(pid_b, 2.0625, 0.0625)]
+    live, gone = sums.collapse({3: sample(3, NO_WORKLOAD, 9.5, 0.0)}, [])
+    assert list(live) == [0] and gone == []  # A went without an exit record: swept later
+    live, _ = sums.collapse({5: sample(5, CTR_A, 1.0, 1.0)}, [])
+    assert [s.pid for s in live.values()] == [pid_b - 1]  # a new workload, a new pid
+
+
+def test_without_a_processor_needing_processes_the_samples_are_sums_by_container(
+    children: list[subprocess.Popen[str]], cgroup_top: Path
+) -> None:
+    require_ebpf()
+    receiver = EbpfReceiver("ebpf", EbpfConfig(fallback="none"), HostSettings())
+    receiver.use_processes(False)
+    receiver.start()
+    try:
+        children += [spawn(BURN), spawn(DUTY), spawn(DUTY)]
+        move(children[0].pid, cgroup_top / f"docker-{'c1' * 32}.scope")
+        for child in children[1:]:
+            move(child.pid, cgroup_top / f"docker-{'c2' * 32}.scope")
+        receiver.collect()
+        before = {child.pid: schedstat_seconds(child.pid) for child in children}
+        time.sleep(1.0)
+        contribution = receiver.collect()
+        used = {child.pid: schedstat_seconds(child.pid) - before[child.pid] for child in children}
+    finally:
+        receiver.shutdown()
+    samples = contribution.processes or {}
+    by = {s.workload.container_id: s for s in samples.values()}
+    assert len(by) == len(samples)  # one sample a workload
+    assert set(by) >= {"c1" * 32, "c2" * 32, ""}
+    assert by["c1" * 32].cpu_delta == pytest.approx(used[children[0].pid], abs=0.1)
+    both = used[children[1].pid] + used[children[2].pid]
+    assert by["c2" * 32].cpu_delta == pytest.approx(both, abs=0.1)
+    assert by[""].pid == 0

@@ -41,6 +41,7 @@ from .host import ProcHost, legacy_cpu_hierarchy
 from .io_probe import IoDrained, IoProbe
 from .loader import TRACEPOINTS, KernelPaths, Probe, hardware_counters, prerequisites
 from .tracker import Tracker
+from .workloads import WorkloadSums
 
 __all__ = ["EbpfConfig", "EbpfReceiver", "ProcHost", "doctor", "factory"]
 
@@ -133,7 +134,13 @@ class EbpfReceiver(Receiver):
         self._dropped = [0, 0]  # usage, events: the counts already warned about
         self._warned_at = [-WARN_EVERY_S, -WARN_EVERY_S]
         self._fallback = (
-            ProcfsReceiver(host.procfs, config.procfs.keep_open, config.procfs.activity, host.sysfs)
+            ProcfsReceiver(
+                host.procfs,
+                config.procfs.keep_open,
+                config.procfs.activity,
+                host.sysfs,
+                config.procfs.scan,
+            )
             if config.fallback == "procfs"
             else None
         )
@@ -144,6 +151,13 @@ class EbpfReceiver(Receiver):
         self._resolver: CgroupResolver | None = None
         self._net_paths: dict[int, str] = {}  # cgroup id -> path, for the byte counters
         self._first = True
+        #: one sample a workload instead of one a process, when no processor needs them
+        self._sums: WorkloadSums | None = None
+
+    def use_processes(self, needed: bool) -> None:
+        self._sums = None if needed else WorkloadSums()
+        if self._fallback is not None:
+            self._fallback.use_processes(needed)
 
     def start(self) -> None:
         try:
@@ -218,6 +232,8 @@ class EbpfReceiver(Receiver):
             self.config.procfs.activity,
             network=self.config.procfs.activity.network
             and (self.io is None or not self.io.network),
+            # each process's I/O is of no use when the samples are summed by workload
+            process_io=self.config.procfs.activity.process_io and self._sums is None,
         )
         self.activity = ActivityReader(self.procfs, activity, self.sysfs)
 
@@ -243,6 +259,8 @@ class EbpfReceiver(Receiver):
             ratio = self._ratio.update()
         except StatError as err:
             raise ComponentError(str(err)) from None
+        if self._sums is not None:
+            processes, exited = self._sums.collapse(processes, exited)
         return Contribution(
             processes=processes,
             exited=exited,
