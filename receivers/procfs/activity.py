@@ -106,6 +106,36 @@ def cgroup_mounts(
     return v2, found
 
 
+def namespace_root(v2_mount: str | None) -> str | None:
+    """Where the root of this agent's cgroup namespace is in the host's cgroup2
+    hierarchy mounted at ``v2_mount`` ("/kubepods.slice/.../cri-containerd-ID.scope").
+
+    In a container with a cgroup namespace of its own, /proc/PID/cgroup paths start from
+    the container's cgroup (``/../../kubepods.slice/...``), and /sys/fs/cgroup is that
+    cgroup; the host's hierarchy (under host.sysfs) has the same directory, with the
+    same inode. Found by walking the host's hierarchy; None where it is not there.
+    """
+    if v2_mount is None:
+        return None
+    try:
+        own = os.stat("/sys/fs/cgroup").st_ino
+    except OSError:
+        return None
+    pending = [v2_mount]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.inode() == own:
+                            return entry.path[len(v2_mount) :]
+                        pending.append(entry.path)
+        except OSError:
+            continue
+    return None
+
+
 def parse_io_stat(data: bytes) -> tuple[int, int]:
     """(rbytes, wbytes) summed over the devices of a cgroup v2 io.stat."""
     read = write = 0
@@ -186,6 +216,7 @@ class ActivityReader:
         self._ticks = 0
         self._block_files: dict[str, tuple[str, str] | None] = {}  # container -> file
         self._block_fds: dict[str, int] = {}  # container -> its file, open
+        self._root: str | None = None  # where this agent's cgroup namespace starts, if asked
         self._netns: dict[int, tuple[int, str]] = {}  # pid -> start_ticks, netns
         self._host_netns: str | None = None
 
@@ -243,6 +274,10 @@ class ActivityReader:
         v2, blkio = _cgroup_paths(read_small(f"{self.procfs}/{pid}/cgroup"))
         found: tuple[str, str] | None = None
         if v2 is not None and self.v2_mount is not None:
+            if v2.startswith("/.."):  # relative to this agent's own cgroup namespace
+                if self._root is None:
+                    self._root = namespace_root(self.v2_mount) or ""
+                v2 = os.path.normpath(self._root + v2)
             path = os.path.join(self.v2_mount, v2.lstrip("/"), _V2)
             if os.path.exists(path):
                 found = (path, _V2)

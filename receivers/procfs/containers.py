@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from otel_kepler.data import NO_WORKLOAD, ProcessSample, Workload
 
-from .activity import cgroup_mounts
+from .activity import cgroup_mounts, namespace_root
 from .cgroup import workload_cgroup
 from .reader import read_small
 
@@ -92,40 +92,12 @@ class ContainerReader:
         if not text:
             return f"cannot read {self.procfs}/1/cgroup"
         if b"/.." in text:  # paths relative to this agent's own cgroup namespace
-            self._root = self._namespace_root() or ""
+            self._root = namespace_root(self.v2_mount) or ""
             if not self._root:  # (the host's root itself would not show "..")
                 return (
                     f"{self.procfs}/1/cgroup shows paths relative to this agent's cgroup "
                     f"namespace, whose cgroup was not found under {self.v2_mount}"
                 )
-        return None
-
-    def _namespace_root(self) -> str | None:
-        """Where the root of this agent's cgroup namespace is in the host's hierarchy.
-
-        In a container with a cgroup namespace of its own, /proc/PID/cgroup paths start
-        from the container's cgroup (``/../../kubepods.slice/...``), and /sys/fs/cgroup
-        is that cgroup; the host's hierarchy (under host.sysfs) has the same directory,
-        with the same inode. Found once, by walking the host's hierarchy.
-        """
-        if self.v2_mount is None:
-            return None
-        try:
-            own = os.stat("/sys/fs/cgroup").st_ino
-        except OSError:
-            return None
-        pending = [self.v2_mount]
-        while pending:
-            directory = pending.pop()
-            try:
-                with os.scandir(directory) as entries:
-                    for entry in entries:
-                        if entry.is_dir(follow_symlinks=False):
-                            if entry.inode() == own:
-                                return entry.path[len(self.v2_mount) :]
-                            pending.append(entry.path)
-            except OSError:
-                continue
         return None
 
     def close(self) -> None:
