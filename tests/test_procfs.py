@@ -574,6 +574,32 @@ def test_deltas_new_processes_and_pid_reuse(fake: FakeProc) -> None:
     assert receiver.collect().exited == []
 
 
+def test_an_unchanged_stat_file_gives_the_last_sample_with_no_delta(fake: FakeProc) -> None:
+    """A stat file that reads as in the last scan is not parsed again: the same values
+    come out with delta 0; a changed one (one field) is parsed; an unreadable one, twice
+    in a row, is skipped both times."""
+    fake.add(10, utime=100, stime=50, start=500)
+    fake.add(11, utime=30, start=600)
+    receiver = fake.receiver()
+    tick(receiver)
+    fake.add(10, utime=130, stime=50, start=500)
+    second = tick(receiver)
+    assert second[10].cpu_delta == pytest.approx(30 / HZ)
+    third = tick(receiver)  # nothing changed
+    (fake.root / "11" / "stat").write_text("")  # unreadable from now on
+    fourth = tick(receiver)
+    fifth = tick(receiver)
+    assert (third[10].cpu_seconds, third[10].cpu_delta) == (180 / HZ, 0.0)
+    assert (third[11].cpu_seconds, third[11].cpu_delta) == (30 / HZ, 0.0)
+    assert (third[10].comm, third[10].exe, third[10].start_ticks) == (
+        "worker",
+        "/usr/bin/worker",
+        500,
+    )
+    assert 11 not in fourth and 11 not in fifth
+    assert fifth[10].cpu_delta == 0.0 and fifth[10].cpu_seconds == 180 / HZ
+
+
 def test_cpu_time_never_goes_backwards(fake: FakeProc) -> None:
     fake.add(10, utime=100)
     receiver = fake.receiver()

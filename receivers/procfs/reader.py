@@ -15,6 +15,8 @@ cost, and Python work per process is the rest):
   process, identified by ``(pid, starttime)``, and shared by its samples.
   ``comm`` is compared each scan without a copy: ``exec`` changes it, and the exe,
   and sometimes the cgroup, without a new starttime, so the identity is re-read.
+- A stat file that reads exactly as in the last scan (most processes did not run
+  since) gives the last sample again with a delta of 0, without parsing it.
 - A process that vanishes while it is read is normal and skipped without a word.
 """
 
@@ -144,6 +146,7 @@ class ProcessReader:
         self.clock_ticks = os.sysconf("SC_CLK_TCK")
         self.files = StatFiles(procfs, keep_open)
         self._identities: dict[int, Identity] = {}
+        self._last: dict[int, bytes] = {}  # each stat file as the last scan read it
 
     def close(self) -> None:
         """Close the stat files kept open."""
@@ -168,6 +171,8 @@ class ProcessReader:
         known = self._identities
         seen: dict[int, Identity] = {}
         samples: dict[int, ProcessSample] = {}
+        last = self._last if previous is not None else {}
+        texts: dict[int, bytes] = {}
         read = self.files.read
         hz = float(self.clock_ticks)
         for name in os.listdir(self.procfs):
@@ -175,6 +180,20 @@ class ProcessReader:
                 continue
             pid = int(name)
             data = read(pid, name)
+            if data == last.get(pid):  # not one field moved: it did not run (most do not)
+                before = previous[pid]  # type: ignore[index]
+                same = seen[pid] = known[pid]
+                samples[pid] = ProcessSample(
+                    pid,
+                    before.start_ticks,
+                    same.comm,
+                    same.exe,
+                    same.workload,
+                    before.cpu_seconds,
+                    0.0,
+                )
+                texts[pid] = data
+                continue
             end = data.rfind(b")")
             if end < 0:
                 continue  # vanished (empty read) or not a stat file
@@ -209,7 +228,9 @@ class ProcessReader:
             samples[pid] = ProcessSample(
                 pid, start_ticks, identity.comm, identity.exe, identity.workload, cpu, delta
             )
+            texts[pid] = data
         self._identities = seen
+        self._last = texts
         return samples
 
     def _identify(
