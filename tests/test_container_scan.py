@@ -410,3 +410,22 @@ def test_a_process_moved_into_a_container_is_found_the_next_tick_or_at_the_refre
         receiver.collect()  # ticks 6 and 7
     time.sleep(0.3)
     assert ID_V2 in by_container(receiver.collect().processes or {})  # tick 8: refreshed
+
+
+def test_a_removed_cgroup_drops_out_even_when_no_process_started(
+    containers: Containers, receiver: ProcfsReceiver
+) -> None:
+    """Nothing new started on the node (the listing of pids may be skipped): a container
+    whose processes ended and whose cgroup was removed still ends at the next tick."""
+    leaf = containers.top("cgroup", "cpuacct") / "docker" / ID_V1
+    child = containers.run(BURN, leaf)
+    receiver.collect()
+    before = by_container(receiver.collect().processes or {})[ID_V1]
+    child.kill()
+    child.wait()
+    leaf.rmdir()
+    contribution = receiver.collect()
+    assert ID_V1 not in by_container(contribution.processes or {})
+    assert [s.pid for s in contribution.exited] == [before.pid]
+    assert receiver.containers is not None
+    assert ID_V1 not in by_container(receiver.collect().processes or {})

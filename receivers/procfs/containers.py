@@ -13,8 +13,11 @@ in a hundred containers, a tick reads a hundred files.
   process can be moved later). The cgroup is the one
   the workload is named after (see :mod:`.cgroup`), read in the hierarchy that
   accounts CPU time: the v2 one, or v1 ``cpuacct``.
+- Where the procfs is of the agent's own pid namespace and no pid was handed out since
+  the last listing (the last field of ``/proc/loadavg``), no process is new: the listing
+  is skipped and the same cgroups are read.
 - Each container's file is kept open and re-read with ``pread``; a removed cgroup
-  fails the read and is dropped.
+  fails the read and is dropped with its processes.
 - A container cgroup inside another one read too (a container running its own
   cgroups) counts only what its children do not.
 - Everything outside containers (host processes, kernel threads) is one sample, pid
@@ -78,9 +81,16 @@ class ContainerReader:
         self._left: dict[str, tuple[int, float]] = {}  # directory -> inode, last usage
         self._next_pid = -1  # the pid of the next group's samples
         self._nesting_of: frozenset[str] = frozenset()  # the directories nesting was set for
-        self._root = ""  # the host path of this agent's cgroup namespace root, if its own
+        self._root = ""  # where this agent's own cgroup namespace starts in the hierarchy
         self._ticks = 0
         self._rest = 0.0  # cumulative CPU seconds outside containers
+        self._live: dict[str, int] = {}  # the last scan's container cgroups, one pid each
+        self._loadavg = f"{procfs}/loadavg"
+        self._last_pid = b""  # the last pid handed out, at the last listing
+        try:
+            self._own_namespace = os.readlink(f"{procfs}/self") == str(os.getpid())
+        except OSError:
+            self._own_namespace = False
         #: one live process of each container cgroup, from the last scan (pid -> sample)
         self.members: dict[int, ProcessSample] = {}
 
@@ -135,8 +145,9 @@ class ContainerReader:
         if frozenset(groups) != self._nesting_of:
             self._nest()
         priming = previous is None
-        for group in groups.values():
-            self._read(group, priming)
+        removed = [g for g in groups.values() if not self._read(g, priming)]
+        if removed:  # its processes are gone too: forget them with it
+            self._forget(removed)
         for group in groups.values():
             if group.outer is not None:
                 group.outer.inner += group.delta
@@ -159,9 +170,12 @@ class ContainerReader:
 
     def _live_directories(self) -> dict[str, int]:
         """Each container cgroup directory with live processes, and one of its pids."""
-        if self._ticks % self.refresh_ticks == 0:
+        refresh = self._ticks % self.refresh_ticks == 0
+        if refresh:
             self._texts = {}  # read every pid again; what is left over is forgotten
             self._where = {}
+        elif not self._confirm and self._nothing_started():
+            return self._live  # no pid is new: the same cgroups (removed ones drop out)
         where = self._where  # set operations, not a loop: most pids are known
         names = set(os.listdir(self.procfs))
         for name in where.keys() - names:
@@ -169,7 +183,7 @@ class ContainerReader:
         for name in self._confirm & names:  # read again once, the tick after the first
             directory = self._directory_of(name)
             if directory is None:
-                del where[name]
+                where.pop(name, None)
             else:
                 where[name] = directory
         fresh = [name for name in names - where.keys() if name.isdigit()]
@@ -183,7 +197,21 @@ class ContainerReader:
         if len(self._kinds) > 2 * len(live) + 64:  # forget cgroups long gone
             self._kinds = {d: kind for d, kind in self._kinds.items() if d in live}
             self._texts = {}  # what a text leads to is found again, with its kind
+        self._live = live
         return live
+
+    def _nothing_started(self) -> bool:
+        """Whether no process or thread was created since the last look, so that listing
+        the pids would find none new: the last pid handed out (/proc/loadavg) is the same.
+        That pid is of the reader's pid namespace, so this holds only where the procfs
+        read is of this agent's own namespace (hostPID, or the agent on the host)."""
+        if not self._own_namespace:
+            return False
+        data = read_small(self._loadavg)
+        last = data.rsplit(b" ", 1)[-1]
+        same = bool(last) and last == self._last_pid
+        self._last_pid = last
+        return same
 
     def _directory_of(self, name: str) -> str | None:
         """The container cgroup directory of pid ``name``: "" outside containers, None
@@ -243,16 +271,28 @@ class ContainerReader:
 
     # -- reading ----------------------------------------------------------------------
 
-    def _read(self, group: _Group, priming: bool) -> None:
+    def _forget(self, removed: list[_Group]) -> None:
+        gone = {group.directory for group in removed}
+        for group in removed:
+            del self._groups[group.directory]
+            os.close(group.fd)
+        self._where = {pid: d for pid, d in self._where.items() if d not in gone}
+        self._live = {d: pid for d, pid in self._live.items() if d not in gone}
+        self._nesting_of = frozenset()  # found again next tick
+
+    def _read(self, group: _Group, priming: bool) -> bool:
+        """Read one group's usage; False if its cgroup is gone."""
         group.inner = group.inner_usage = 0.0
         try:
             data = os.pread(group.fd, 256, 0)
         except OSError:  # ENODEV: removed since its processes were listed
             data = b""
+        if not data:
+            return False
         usage = _parse_usage(data, group.v2)
         if usage is None:
             group.delta = 0.0
-            return
+            return True
         if priming:
             group.delta = 0.0
         elif group.usage < 0:
@@ -260,6 +300,7 @@ class ContainerReader:
         else:
             group.delta = max(usage - group.usage, 0.0)
         group.usage = usage
+        return True
 
 
 def _parse_usage(data: bytes, v2: bool) -> float | None:
