@@ -129,6 +129,7 @@ class OtlpHttpExporter(_OtlpExporter):
         super().__init__(name, settings.temporality, None)
         self.settings = settings
         self._session: Any = None
+        self._prepared: Any = None
 
     def start(self) -> None:
         import requests
@@ -148,6 +149,9 @@ class OtlpHttpExporter(_OtlpExporter):
         if self.settings.gzip:
             session.headers["Content-Encoding"] = "gzip"
         self._session = session
+        # prepared once (URL, headers, session cookies): each export only sets the body,
+        # which spares requests' per-call merging of settings (a third of its cost)
+        self._prepared = session.prepare_request(requests.Request("POST", self.settings.url))
 
     def _send(self, body: bytes, timeout: float) -> bytes:
         import requests
@@ -156,7 +160,10 @@ class OtlpHttpExporter(_OtlpExporter):
             body = gzip.compress(body, compresslevel=1)  # speed over size, as the Collector
         try:
             # timeout: the configured one, or less when shutdown's deadline is nearer
-            response = self._session.post(self.settings.url, data=body, timeout=timeout)
+            request = self._prepared.copy()
+            request.body = body
+            request.headers["Content-Length"] = str(len(body))
+            response = self._session.send(request, timeout=timeout)
         except requests.Timeout:
             raise ExportError(
                 f"no answer from {self.settings.url} within {timeout:.3g} s", retryable=True
