@@ -48,6 +48,16 @@ class QueuePolicy:
     queue_size: int = 10
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """What a failed attempt said, without the exception (and the frames it holds)."""
+
+    reason: str
+    retryable: bool
+    retry_after: float | None
+    too_large: bool
+
+
 class ExporterWorker:
     """One exporter, its queue and its thread."""
 
@@ -143,38 +153,42 @@ class ExporterWorker:
                 if self._wait_or_superseded(hold, deadline):
                     self.failed += 1  # a newer batch waits out the rest
                     return False
+            # The exception is not kept past its except clause: its traceback holds the
+            # failed attempt's frames (the encoded request, megabytes at process level)
+            # for as long as the backoff waits.
             try:
                 left = None if deadline is None else max(0.05, deadline - time.monotonic())
                 self._timed_export(data, pipeline, left)
                 self._recovered()
                 return True
             except ExportError as err:
-                if err.too_large:
-                    halves = self.exporter.split(data)
-                    if halves is not None:
-                        ok = [self._deliver(half, pipeline, deadline) for half in halves]
-                        return all(ok)
-                if not err.retryable or not self.retry.enabled:
-                    self._failure(str(err), permanent=True)
-                    return False
-                self._failure(str(err), permanent=False)
-                if err.retry_after is not None:
-                    self._hold_until = time.monotonic() + err.retry_after
-                delay = self._backoff(attempt, err.retry_after)
-                attempt += 1
-                limit = self.retry.max_elapsed_time
-                now = time.monotonic()
-                if limit and now + delay - started > limit:
-                    self.failed += 1
-                    return False
-                if deadline is not None and now + delay > deadline:
-                    self.failed += 1
-                    return False
-                if self._wait_or_superseded(delay, deadline):
-                    self.failed += 1  # a newer batch (newer totals) is waiting
-                    return False
+                failed = _Failed(str(err), err.retryable, err.retry_after, err.too_large)
             except Exception as err:  # a bug or an unexpected library error
                 self._failure(f"{type(err).__name__}: {err}", permanent=True)
+                return False
+            if failed.too_large:
+                halves = self.exporter.split(data)
+                if halves is not None:
+                    ok = [self._deliver(half, pipeline, deadline) for half in halves]
+                    return all(ok)
+            if not failed.retryable or not self.retry.enabled:
+                self._failure(failed.reason, permanent=True)
+                return False
+            self._failure(failed.reason, permanent=False)
+            if failed.retry_after is not None:
+                self._hold_until = time.monotonic() + failed.retry_after
+            delay = self._backoff(attempt, failed.retry_after)
+            attempt += 1
+            limit = self.retry.max_elapsed_time
+            now = time.monotonic()
+            if limit and now + delay - started > limit:
+                self.failed += 1
+                return False
+            if deadline is not None and now + delay > deadline:
+                self.failed += 1
+                return False
+            if self._wait_or_superseded(delay, deadline):
+                self.failed += 1  # a newer batch (newer totals) is waiting
                 return False
 
     def _timed_export(self, data: Snapshot, pipeline: str, timeout: float | None) -> None:
