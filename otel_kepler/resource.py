@@ -92,9 +92,8 @@ def workload_attributes(node: ResourceAttributes, w: WorkloadEnergy) -> Resource
         _put(own, "host.id", a.get("vm_id"))
         _put(own, "host.name", a.get("vm_name"))
         _put(own, "host.type", a.get("hypervisor"))
-    merged = {k: v for k, v in node if k not in own}
-    merged.update(own)
-    return tuple(merged.items())
+    # the node's pairs are shared by every workload's resource, not copied into each
+    return (*(pair for pair in node if pair[0] not in own), *own.items())
 
 
 def _pod_of(own: dict[str, str | int], w: WorkloadEnergy) -> None:
