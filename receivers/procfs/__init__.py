@@ -122,6 +122,11 @@ class ProcfsReceiver(Receiver):
         reader = ContainerReader(self.procfs, self._sysfs)
         why = reader.unusable()
         if why is None:
+            log.info(
+                "reading each container's CPU time from its cgroup (under %s), not every "
+                "process: no processor of this receiver's pipelines needs each process",
+                " and ".join(m for m in (reader.v2_mount, reader.cpuacct_mount) if m),
+            )
             return reader
         if self.scan == "containers":
             raise ComponentError(f"scan: containers: {why}")
