@@ -20,46 +20,64 @@ from otel_kepler.data import NO_WORKLOAD, ProcessSample, Workload
 @dataclass(slots=True)
 class _Sum:
     pid: int  # the sample's pid: 0 for the rest of the node, negative for a workload
+    workload: Workload  # held: its id is the key
     cpu_seconds: float  # cumulative
     new: bool  # first seen this tick: its processes' whole CPU time counts
 
 
 class WorkloadSums:
-    """Sums process samples by workload, tick after tick."""
+    """Sums process samples by workload, tick after tick.
+
+    Keyed by the workload object's identity (one object per container, as the cgroup
+    parser hands them out): hashing the frozen dataclass for each process each tick cost
+    more than the sum. Two equal objects only make two samples of one container, which
+    the processor adds up.
+    """
 
     def __init__(self) -> None:
-        self._sums: dict[Workload, _Sum] = {}
+        self._sums: dict[int, _Sum] = {}
         self._next_pid = -1
 
     def collapse(
         self, processes: dict[int, ProcessSample], exited: list[ProcessSample]
     ) -> tuple[dict[int, ProcessSample], list[ProcessSample]]:
         """(one sample per workload with live processes, one per workload that ended)."""
-        live: dict[Workload, ProcessSample] = {}
+        live: dict[int, ProcessSample] = {}
+        sums = self._sums
         for sample in processes.values():
+            key = id(sample.workload)
+            if (
+                key in live
+                and not sample.cpu_delta
+                and not sums[key].new
+                and not (sample.cycles or sample.instructions or sample.cache_misses)
+                and not (sample.net_tx_irq or sample.net_rx_irq or sample.block_irq)
+            ):
+                continue  # it did not run: it adds nothing (most processes, most ticks)
             self._add(live, sample)
-        ended: dict[Workload, ProcessSample] = {}
+        ended: dict[int, ProcessSample] = {}
         for sample in exited:
-            self._add(live if sample.workload in live else ended, sample)
-        for key in self._sums.keys() - live.keys():  # ended, or gone without a record
-            del self._sums[key]
-        for known in self._sums.values():
+            self._add(live if id(sample.workload) in live else ended, sample)
+        for key in sums.keys() - live.keys():  # ended, or gone without a record
+            del sums[key]
+        for known in sums.values():
             known.new = False
         return {s.pid: s for s in live.values()}, list(ended.values())
 
-    def _add(self, table: dict[Workload, ProcessSample], sample: ProcessSample) -> None:
-        key = sample.workload
+    def _add(self, table: dict[int, ProcessSample], sample: ProcessSample) -> None:
+        workload = sample.workload
+        key = id(workload)
         known = self._sums.get(key)
         if known is None:
             pid = 0
-            if key != NO_WORKLOAD:
+            if workload is not NO_WORKLOAD:
                 pid, self._next_pid = self._next_pid, self._next_pid - 1
-            known = self._sums[key] = _Sum(pid, 0.0, True)
+            known = self._sums[key] = _Sum(pid, workload, 0.0, True)
         known.cpu_seconds += sample.cpu_seconds if known.new else sample.cpu_delta
         total = table.get(key)
         if total is None:
             total = table[key] = ProcessSample(
-                known.pid, 0, "", "", key, 0.0, 0.0, read_bytes=-1, write_bytes=-1
+                known.pid, 0, "", "", workload, 0.0, 0.0, read_bytes=-1, write_bytes=-1
             )
         total.cpu_seconds = known.cpu_seconds
         total.cpu_delta += sample.cpu_delta
