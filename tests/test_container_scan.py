@@ -214,6 +214,7 @@ def test_a_cgroup_that_cannot_be_read_turns_the_receiver_to_processes(
     ]
     assert sorted(samples) == [1, 7] and sorted(again) == [1, 7]
     assert receiver.containers is None
+    assert receiver.activity.config.process_io  # each process's io is read again
 
 
 def test_scan_containers_is_refused_where_a_processor_needs_each_process() -> None:

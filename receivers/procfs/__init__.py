@@ -148,6 +148,8 @@ class ProcfsReceiver(Receiver):
                 self.containers.close()
                 self.containers = None
                 previous = None  # the process scan starts afresh: this tick primes it
+                self.activity.close()  # with each process's io again
+                self.activity = ActivityReader(self.procfs, self._activity_config, self._sysfs)
                 if self._reader.files.keep_open:
                     raise_fd_limit()
         if self.containers is None:
