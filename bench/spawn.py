@@ -19,6 +19,8 @@ import subprocess
 import sys
 from types import TracebackType
 
+from otel_kepler.receivers.procfs.activity import cgroup_mounts
+
 #: The helper's program. Kept minimal: every byte it imports is in every child.
 _HELPER = r"""
 import ctypes, os, signal, sys
@@ -106,7 +108,8 @@ class InContainers:
     def __init__(self, pids: list[int], count: int) -> None:
         self.pids = pids
         self.count = count if os.geteuid() == 0 else 0
-        self.mount = _cpu_mount() if self.count else None
+        v2, cpuacct = cgroup_mounts(v1="cpuacct")
+        self.mount = (cpuacct or v2) if self.count else None
         if self.mount is None:
             self.count = 0
         self.top = (self.mount or "") + f"/otel-kepler-bench-{os.getpid()}"
@@ -139,19 +142,6 @@ def _move(pid: int, cgroup: str) -> None:
             procs.write(str(pid))
     except ProcessLookupError:
         pass
-
-
-def _cpu_mount() -> str | None:
-    v2 = None
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            left, right = line.split(" - ", 1)
-            kind, _, options = right.split()
-            if kind == "cgroup" and "cpuacct" in options.split(","):
-                return left.split()[4]
-            if kind == "cgroup2":
-                v2 = left.split()[4]
-    return v2
 
 
 if __name__ == "__main__":

@@ -103,9 +103,7 @@ class ProcfsReceiver(Receiver):
         if self.containers is not None:
             # per-process io is of no use without processes; the containers' cgroups
             # and pods' namespaces are read through one process of each container
-            config = dataclasses.replace(self._activity_config, process_io=False)
-            self.activity.close()
-            self.activity = ActivityReader(self.procfs, config, self._sysfs)
+            self.activity.config = dataclasses.replace(self._activity_config, process_io=False)
         elif self._reader.files.keep_open:
             raise_fd_limit()
 
@@ -148,8 +146,7 @@ class ProcfsReceiver(Receiver):
                 self.containers.close()
                 self.containers = None
                 previous = None  # the process scan starts afresh: this tick primes it
-                self.activity.close()  # with each process's io again
-                self.activity = ActivityReader(self.procfs, self._activity_config, self._sysfs)
+                self.activity.config = self._activity_config  # each process's io again
                 if self._reader.files.keep_open:
                     raise_fd_limit()
         if self.containers is None:

@@ -43,7 +43,11 @@ def _descriptors_detail() -> str:
 
 def read_cpu_times(path: str) -> tuple[int, int]:
     """Return (busy, total) jiffies of the aggregate ``cpu`` line of ``path``."""
-    values = read_cpu_line(path)
+    return _busy_total(read_cpu_line(path))
+
+
+def _busy_total(values: list[int]) -> tuple[int, int]:
+    """(busy, total) of the fields of a ``cpu`` line: busy is all but idle and iowait."""
     total = sum(values)
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return total - idle, total
@@ -93,8 +97,7 @@ class UsageRatio:
     def update(self) -> float | None:
         """The busy ratio since the previous call, in [0, 1]; None on the first call."""
         values = read_cpu_line(self.path)
-        total = sum(values)
-        busy = total - values[3] - (values[4] if len(values) > 4 else 0)
+        busy, total = _busy_total(values)
         tasks = values[0] + values[1] + values[2]
         prev, self._prev = self._prev, (busy, total, tasks)
         if prev is None:
