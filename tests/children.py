@@ -8,6 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+#: A child that says it is ready and then keeps one CPU busy.
+BURN = "print('ready', flush=True)\nwhile True:\n    pass\n"
+
 
 def spawn(code: str) -> subprocess.Popen[str]:
     """A python child running ``code``, returned once it printed 'ready'."""
@@ -22,6 +25,11 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
     """Spawned children, killed and reaped after the test."""
     started: list[subprocess.Popen[str]] = []
     yield started
+    reap(started)
+
+
+def reap(started: list[subprocess.Popen[str]]) -> None:
+    """Kill and wait for each child (if still running) and close its pipe."""
     for child in started:
         if child.poll() is None:
             child.kill()

@@ -33,7 +33,7 @@ from otel_kepler.receivers.estimator import (
 from otel_kepler.receivers.power_models.calibration import Calibrator, ModelReading
 from otel_kepler.receivers.power_models.fit import Line
 from otel_kepler.schema import ConfigError, decode
-from tests.children import spawn
+from tests.children import BURN, spawn
 from tests.hwmon_fixtures import SysfsTree
 
 IDLE_W, DYNAMIC_W = 40.0, 60.0
@@ -43,7 +43,6 @@ MIN_TICKS = 8
 READY = MIN_TICKS + 6
 #: the burners run (1) or rest (0), tick by tick
 PATTERN = [0, 1, 1, 0, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 0]
-BURN = "print('ready', flush=True)\nwhile True:\n    pass\n"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -20,13 +20,12 @@ from otel_kepler.receivers.procfs import ProcfsReceiver
 from otel_kepler.registry import default_registry
 from otel_kepler.service import Service
 from tests.cgroups import cgroup_mount, remove_cgroups
-from tests.children import spawn
+from tests.children import BURN, reap, spawn
 
 HZ = os.sysconf("SC_CLK_TCK")
 ID_V1 = "c1" * 32
 ID_V2 = "c2" * 32
 ID_INNER = "c3" * 32
-BURN = "print('ready', flush=True)\nwhile True:\n    pass\n"
 HALF = """
 import time
 print('ready', flush=True)
@@ -71,11 +70,7 @@ class Containers:
         return child
 
     def close(self) -> None:
-        for child in self.children:
-            child.kill()
-            child.wait()
-            if child.stdout is not None:
-                child.stdout.close()
+        reap(self.children)  # before the cgroups: one with live processes stays
         for top in self.tops:
             remove_cgroups(top)
 

@@ -38,7 +38,7 @@ from otel_kepler.receivers.ebpf.tracker import Identity, Tracker
 from otel_kepler.receivers.ebpf.workloads import WorkloadSums
 from otel_kepler.schema import ConfigError, decode
 from tests.cgroups import cgroup_mount, remove_cgroups
-from tests.children import spawn
+from tests.children import BURN, spawn
 from tests.conftest import need_root
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -506,7 +506,6 @@ def receiver() -> Iterator[EbpfReceiver]:
     started.shutdown()
 
 
-BURN = "print('ready', flush=True)\nwhile True:\n    pass\n"
 DUTY = """
 import time
 print('ready', flush=True)

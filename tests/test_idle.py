@@ -29,12 +29,11 @@ from otel_kepler.receivers.power_models.calibration import ModelReading
 from otel_kepler.receivers.procfs import ProcfsReceiver
 from otel_kepler.receivers.rapl import RaplConfig, RaplReceiver
 from otel_kepler.schema import ConfigError, decode
-from tests.children import spawn
+from tests.children import BURN, spawn
 from tests.sysfs_fixtures import RaplTree
 
 IDLE_W = 20.0
 DYNAMIC_W = 30.0
-BURN = "print('ready', flush=True)\nwhile True:\n    pass\n"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -22,14 +22,13 @@ from otel_kepler.receivers.procfs import ProcfsConfig, ProcfsReceiver, doctor, f
 from otel_kepler.receivers.procfs import reader as reader_module
 from otel_kepler.schema import ConfigError, decode
 from tests.cgroups import cgroup_mount, remove_cgroups
-from tests.children import spawn
+from tests.children import BURN, spawn
 
 HZ = os.sysconf("SC_CLK_TCK")
 ID = "3f1c8e0a9b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"
 
 # --------------------------------------------------------------------------- real processes
 
-BURN = "print('ready', flush=True)\nwhile True:\n    pass\n"
 DUTY_25 = """
 import time
 print('ready', flush=True)
